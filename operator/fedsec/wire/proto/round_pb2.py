@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64sec/wire/proto/round.proto\x12\tfedsec.v1\"\xbd\x01\n\x06Header\x12\x0f\n\x07job_uid\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x11\n\tkey_epoch\x18\x04 \x01(\r\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x07 \x01(\x03\x12\x11\n\trecipient\x18\x08 \x01(\t\x12\x11\n\tbody_type\x18\t \x01(\t\x12\x13\n\x0b\x62ody_sha256\x18\n \x01(\x0c\"P\n\x08\x45nvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x13\n\x0bsigner_cert\x18\x04 \x01(\x0c\"3\n\x04Join\x12\x16\n\x0e\x63lient_version\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\"\x1d\n\x04Poll\x12\x15\n\rlast_round_id\x18\x01 \x01(\x04\".\n\x04Wait\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"\xd8\x01\n\x04Task\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0cround_number\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\x0c\x12\x0f\n\x07request\x18\x06 \x01(\x0c\x12\x13\n\x0b\x63onfig_json\x18\x07 \x01(\t\x12\x12\n\nround_seed\x18\x08 \x01(\x0c\x12\x14\n\x0cparticipants\x18\t \x03(\t\x12\x15\n\rmin_survivors\x18\n \x01(\r\x12\x15\n\rmodel_version\x18\x0b \x01(\x04\"&\n\x04\x44one\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"r\n\x05Reply\x12\x1f\n\x04wait\x18\x01 \x01(\x0b\x32\x0f.fedsec.v1.WaitH\x00\x12\x1f\n\x04task\x18\x02 \x01(\x0b\x32\x0f.fedsec.v1.TaskH\x00\x12\x1f\n\x04\x64one\x18\x03 \x01(\x0b\x32\x0f.fedsec.v1.DoneH\x00\x42\x06\n\x04kind\"\x9c\x01\n\x0c\x43ontribution\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x35\n\x07metrics\x18\x02 \x03(\x0b\x32$.fedsec.v1.Contribution.MetricsEntry\x12\x13\n\x0bnum_samples\x18\x03 \x01(\x04\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\",\n\x0bPlainUpdate\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\x0c\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x32>\n\x06Rounds\x12\x34\n\x08\x45xchange\x12\x13.fedsec.v1.Envelope\x1a\x13.fedsec.v1.Envelopeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x66\x65\x64sec/wire/proto/round.proto\x12\tfedsec.v1\"\xd2\x01\n\x06Header\x12\x0f\n\x07job_uid\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x11\n\tkey_epoch\x18\x04 \x01(\r\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x07 \x01(\x03\x12\x11\n\trecipient\x18\x08 \x01(\t\x12\x11\n\tbody_type\x18\t \x01(\t\x12\x13\n\x0b\x62ody_sha256\x18\n \x01(\x0c\x12\x13\n\x0bin_reply_to\x18\x0b \x01(\x0c\"P\n\x08\x45nvelope\x12\x0e\n\x06header\x18\x01 \x01(\x0c\x12\x0c\n\x04\x62ody\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x13\n\x0bsigner_cert\x18\x04 \x01(\x0c\"3\n\x04Join\x12\x16\n\x0e\x63lient_version\x18\x01 \x01(\t\x12\x13\n\x0bnum_samples\x18\x02 \x01(\x04\"\x1d\n\x04Poll\x12\x15\n\rlast_round_id\x18\x01 \x01(\x04\".\n\x04Wait\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"\xc3\x01\n\x04Task\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0cround_number\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\x0c\x12\x0f\n\x07request\x18\x06 \x01(\x0c\x12\x12\n\nround_seed\x18\x08 \x01(\x0c\x12\x14\n\x0cparticipants\x18\t \x03(\t\x12\x15\n\rmin_survivors\x18\n \x01(\r\x12\x15\n\rmodel_version\x18\x0b \x01(\x04\"&\n\x04\x44one\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"r\n\x05Reply\x12\x1f\n\x04wait\x18\x01 \x01(\x0b\x32\x0f.fedsec.v1.WaitH\x00\x12\x1f\n\x04task\x18\x02 \x01(\x0b\x32\x0f.fedsec.v1.TaskH\x00\x12\x1f\n\x04\x64one\x18\x03 \x01(\x0b\x32\x0f.fedsec.v1.DoneH\x00\x42\x06\n\x04kind\"\x99\x01\n\x0c\x43ontribution\x12\x10\n\x08response\x18\x01 \x01(\x0c\x12\x35\n\x07metrics\x18\x02 \x03(\x0b\x32$.fedsec.v1.Contribution.MetricsEntry\x12\x10\n\x08withdraw\x18\x03 \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\",\n\x0bPlainUpdate\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\x0c\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x32>\n\x06Rounds\x12\x34\n\x08\x45xchange\x12\x13.fedsec.v1.Envelope\x1a\x13.fedsec.v1.Envelopeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTRIBUTION_METRICSENTRY']._loaded_options = None
   _globals['_CONTRIBUTION_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_HEADER']._serialized_start=45
-  _globals['_HEADER']._serialized_end=234
-  _globals['_ENVELOPE']._serialized_start=236
-  _globals['_ENVELOPE']._serialized_end=316
-  _globals['_JOIN']._serialized_start=318
-  _globals['_JOIN']._serialized_end=369
-  _globals['_POLL']._serialized_start=371
-  _globals['_POLL']._serialized_end=400
-  _globals['_WAIT']._serialized_start=402
-  _globals['_WAIT']._serialized_end=448
-  _globals['_TASK']._serialized_start=451
+  _globals['_HEADER']._serialized_end=255
+  _globals['_ENVELOPE']._serialized_start=257
+  _globals['_ENVELOPE']._serialized_end=337
+  _globals['_JOIN']._serialized_start=339
+  _globals['_JOIN']._serialized_end=390
+  _globals['_POLL']._serialized_start=392
+  _globals['_POLL']._serialized_end=421
+  _globals['_WAIT']._serialized_start=423
+  _globals['_WAIT']._serialized_end=469
+  _globals['_TASK']._serialized_start=472
   _globals['_TASK']._serialized_end=667
   _globals['_DONE']._serialized_start=669
   _globals['_DONE']._serialized_end=707
   _globals['_REPLY']._serialized_start=709
   _globals['_REPLY']._serialized_end=823
   _globals['_CONTRIBUTION']._serialized_start=826
-  _globals['_CONTRIBUTION']._serialized_end=982
-  _globals['_CONTRIBUTION_METRICSENTRY']._serialized_start=936
-  _globals['_CONTRIBUTION_METRICSENTRY']._serialized_end=982
-  _globals['_ACK']._serialized_start=984
-  _globals['_ACK']._serialized_end=1039
-  _globals['_PLAINUPDATE']._serialized_start=1041
-  _globals['_PLAINUPDATE']._serialized_end=1085
-  _globals['_ROUNDS']._serialized_start=1087
-  _globals['_ROUNDS']._serialized_end=1149
+  _globals['_CONTRIBUTION']._serialized_end=979
+  _globals['_CONTRIBUTION_METRICSENTRY']._serialized_start=933
+  _globals['_CONTRIBUTION_METRICSENTRY']._serialized_end=979
+  _globals['_ACK']._serialized_start=981
+  _globals['_ACK']._serialized_end=1036
+  _globals['_PLAINUPDATE']._serialized_start=1038
+  _globals['_PLAINUPDATE']._serialized_end=1082
+  _globals['_ROUNDS']._serialized_start=1084
+  _globals['_ROUNDS']._serialized_end=1146
 # @@protoc_insertion_point(module_scope)

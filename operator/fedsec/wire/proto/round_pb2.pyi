@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Header(_message.Message):
-    __slots__ = ("job_uid", "round_id", "phase", "key_epoch", "sender", "nonce", "issued_at_ms", "recipient", "body_type", "body_sha256")
+    __slots__ = ("job_uid", "round_id", "phase", "key_epoch", "sender", "nonce", "issued_at_ms", "recipient", "body_type", "body_sha256", "in_reply_to")
     JOB_UID_FIELD_NUMBER: _ClassVar[int]
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class Header(_message.Message):
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     BODY_TYPE_FIELD_NUMBER: _ClassVar[int]
     BODY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    IN_REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     job_uid: str
     round_id: int
     phase: str
@@ -28,7 +29,8 @@ class Header(_message.Message):
     recipient: str
     body_type: str
     body_sha256: bytes
-    def __init__(self, job_uid: _Optional[str] = ..., round_id: _Optional[int] = ..., phase: _Optional[str] = ..., key_epoch: _Optional[int] = ..., sender: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., recipient: _Optional[str] = ..., body_type: _Optional[str] = ..., body_sha256: _Optional[bytes] = ...) -> None: ...
+    in_reply_to: bytes
+    def __init__(self, job_uid: _Optional[str] = ..., round_id: _Optional[int] = ..., phase: _Optional[str] = ..., key_epoch: _Optional[int] = ..., sender: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at_ms: _Optional[int] = ..., recipient: _Optional[str] = ..., body_type: _Optional[str] = ..., body_sha256: _Optional[bytes] = ..., in_reply_to: _Optional[bytes] = ...) -> None: ...
 
 class Envelope(_message.Message):
     __slots__ = ("header", "body", "signature", "signer_cert")
@@ -65,14 +67,13 @@ class Wait(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("round_id", "round_number", "kind", "phase", "model", "request", "config_json", "round_seed", "participants", "min_survivors", "model_version")
+    __slots__ = ("round_id", "round_number", "kind", "phase", "model", "request", "round_seed", "participants", "min_survivors", "model_version")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_NUMBER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     REQUEST_FIELD_NUMBER: _ClassVar[int]
-    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     ROUND_SEED_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     MIN_SURVIVORS_FIELD_NUMBER: _ClassVar[int]
@@ -83,12 +84,11 @@ class Task(_message.Message):
     phase: str
     model: bytes
     request: bytes
-    config_json: str
     round_seed: bytes
     participants: _containers.RepeatedScalarFieldContainer[str]
     min_survivors: int
     model_version: int
-    def __init__(self, round_id: _Optional[int] = ..., round_number: _Optional[int] = ..., kind: _Optional[str] = ..., phase: _Optional[str] = ..., model: _Optional[bytes] = ..., request: _Optional[bytes] = ..., config_json: _Optional[str] = ..., round_seed: _Optional[bytes] = ..., participants: _Optional[_Iterable[str]] = ..., min_survivors: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, round_id: _Optional[int] = ..., round_number: _Optional[int] = ..., kind: _Optional[str] = ..., phase: _Optional[str] = ..., model: _Optional[bytes] = ..., request: _Optional[bytes] = ..., round_seed: _Optional[bytes] = ..., participants: _Optional[_Iterable[str]] = ..., min_survivors: _Optional[int] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class Done(_message.Message):
     __slots__ = ("status", "reason")
@@ -109,7 +109,7 @@ class Reply(_message.Message):
     def __init__(self, wait: _Optional[_Union[Wait, _Mapping]] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., done: _Optional[_Union[Done, _Mapping]] = ...) -> None: ...
 
 class Contribution(_message.Message):
-    __slots__ = ("response", "metrics", "num_samples")
+    __slots__ = ("response", "metrics", "withdraw")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,11 +119,11 @@ class Contribution(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     RESPONSE_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
-    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    WITHDRAW_FIELD_NUMBER: _ClassVar[int]
     response: bytes
     metrics: _containers.ScalarMap[str, float]
-    num_samples: int
-    def __init__(self, response: _Optional[bytes] = ..., metrics: _Optional[_Mapping[str, float]] = ..., num_samples: _Optional[int] = ...) -> None: ...
+    withdraw: bool
+    def __init__(self, response: _Optional[bytes] = ..., metrics: _Optional[_Mapping[str, float]] = ..., withdraw: _Optional[bool] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("accepted", "reason", "detail")

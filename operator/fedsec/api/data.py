@@ -1,0 +1,62 @@
+"""Where a site's training data or the aggregator's holdout comes from."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from fedsec.api.meta import PositiveInt, Spec
+
+BUILTIN_DATASETS = ("breast-cancer", "iris", "wine", "digits")
+
+
+class Partition(Spec):
+    """Which shard of a builtin dataset a demo site holds (real sites hold their own files)."""
+
+    scheme: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration: small is more non-iid")
+    shards: PositiveInt
+    shard: int = Field(ge=0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _shard_in_range(self) -> Partition:
+        if self.shard >= self.shards:
+            raise ValueError(f"shard {self.shard} is out of range: shards are numbered 0..{self.shards - 1}")
+        return self
+
+
+class BuiltinData(Spec):
+    """A scikit-learn dataset shipped with the package, for demos. Rows in the holdout are never
+    in any site's partition, given the same ``holdoutFraction`` and ``seed`` on job and sites."""
+
+    name: Literal["breast-cancer", "iris", "wine", "digits"]
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    seed: int = 0
+    partition: Partition | None = None
+
+
+class FileData(Spec):
+    """A CSV or Parquet file at the site; the job's ``task.target`` names the label column."""
+
+    path: str = Field(min_length=1)
+    format: Literal["csv", "parquet"] | None = Field(None, description="default: from the file suffix")
+
+
+class DataSource(Spec):
+    builtin: BuiltinData | None = None
+    file: FileData | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DataSource:
+        given = [k for k in ("builtin", "file") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of 'builtin' or 'file' (got {given or 'neither'})")
+        return self
+
+
+class Holdout(DataSource):
+    """The aggregator-side evaluation set: a builtin dataset's holdout rows or a file."""
+
+

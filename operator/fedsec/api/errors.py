@@ -1,0 +1,28 @@
+"""Errors raised at the manifest boundary: each names the file, the object, the field and what is allowed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One thing wrong with one field of one object."""
+
+    path: str  # dotted field path, e.g. "spec.quorum.minFraction"
+    message: str  # what is wrong and what is allowed
+    source: str = ""  # "examples/x/job.yaml#2" (file and document number), or "" if unknown
+    obj: str = ""  # "FederatedJob/breast-cancer"
+
+    def __str__(self) -> str:
+        where = ": ".join(p for p in (self.source, self.obj) if p)
+        return f"{where}: {self.path}: {self.message}" if where else f"{self.path}: {self.message}"
+
+
+class ManifestError(ValueError):
+    """One or more manifests are invalid. ``errors`` lists every problem found, not just the first."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        lines = "\n".join(f"  - {e}" for e in errors)
+        super().__init__(f"{len(errors)} problem(s) in the manifests:\n{lines}")
