@@ -1,0 +1,249 @@
+"""One site's share of a round: local training, validation metrics, feature moments, deltas.
+
+The training loop is deliberately the textbook one (a DataLoader, an optimizer, one loss per
+batch) so that DP-SGD can later wrap it with Opacus' ``PrivacyEngine.make_private(module,
+optimizer, data_loader, ...)`` without restructuring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+from fedsec.training.data import DataError, Table
+from fedsec.training.models import ModelError, NumpyState, output_dim
+
+__all__ = [
+    "TrainConfig",
+    "TrainingError",
+    "apply_delta",
+    "evaluate",
+    "feature_stats",
+    "make_loader",
+    "model_delta",
+    "train_local",
+]
+
+_EVAL_BATCH = 8192  # bounds memory of evaluation on large tables; one batch for typical ones
+
+
+class TrainingError(RuntimeError):
+    """Local training diverged; the message says when and what to change."""
+
+
+def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"TrainConfig.{name} must be an integer {bound}, got {value!r}")
+
+
+def _check_float(name: str, value: object, *, low: float, high: float, low_open: bool, high_open: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        v = float(value)  # type: ignore[arg-type]
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ValueError(f"TrainConfig.{name} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training hyper-parameters. ``momentum`` applies to SGD only (Adam has its own betas)."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, 1)
+        _check_int("batch_size", self.batch_size, 1)
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"TrainConfig.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        _check_float("learning_rate", self.learning_rate, low=0.0, high=math.inf, low_open=True, high_open=True)
+        _check_float("momentum", self.momentum, low=0.0, high=1.0, low_open=False, high_open=True)
+        _check_float("weight_decay", self.weight_decay, low=0.0, high=math.inf, low_open=False, high_open=True)
+        # torch.Generator.manual_seed takes any 64-bit value; non-negative keeps seeds portable.
+        _check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.optimizer == "adam" and self.momentum != 0.0:
+            raise ValueError("TrainConfig.momentum applies to optimizer 'sgd' only; set it to 0 for 'adam'")
+
+
+def make_loader(table: Table, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled mini-batches of ``table``, reproducible from ``seed``.
+
+    Each batch is one tensor index into the whole table (a BatchSampler with ``batch_size=None``)
+    rather than per-row fetches and a collate, which dominates the cost for small tabular models.
+    """
+    dataset = TensorDataset(torch.from_numpy(table.X), torch.from_numpy(table.y))
+    generator = torch.Generator().manual_seed(seed)
+    sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
+    return DataLoader(dataset, sampler=sampler, batch_size=None)
+
+
+def _check_labels(table: Table, outputs: int) -> None:
+    classes = 2 if outputs == 1 else outputs
+    top = int(table.y.max())
+    if top >= classes:
+        raise DataError(
+            f"label {top} does not fit a model with {classes} classes (ids 0..{classes - 1}); "
+            "check the target column and the model's numClasses"
+        )
+
+
+def _loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if logits.shape[1] == 1:
+        return F.binary_cross_entropy_with_logits(logits.squeeze(1), y.to(logits.dtype))
+    return F.cross_entropy(logits, y)
+
+
+def train_local(model: nn.Module, table: Table, config: TrainConfig) -> int:
+    """Train ``model`` in place on ``table`` for ``config.epochs`` epochs; return ``len(table)``.
+
+    The return value is the site's FedAvg weight: the number of training rows, not rows × epochs.
+    Loss is BCE-with-logits for a one-logit model and cross-entropy otherwise. Runs are
+    reproducible: shuffling and any randomness inside the model (dropout) derive from
+    ``config.seed``, and the caller's global torch RNG is left as it was.
+    Raises DataError for an empty table or labels the model cannot output, TrainingError if the
+    loss stops being finite.
+    """
+    if len(table) == 0:
+        raise DataError("no training rows: the site's data (after the validation split) is empty")
+    outputs = output_dim(model, table.num_features)
+    _check_labels(table, outputs)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ModelError("model has no trainable parameters")
+    optimizer: torch.optim.Optimizer
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(
+            params, lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    else:
+        optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    loader = make_loader(table, config.batch_size, config.seed)
+
+    was_training = model.training
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            for epoch in range(config.epochs):
+                # Summed detached losses: one finiteness check per epoch instead of a sync per batch.
+                total = torch.zeros(())
+                for xb, yb in loader:
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = _loss(model(xb), yb)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.detach()
+                if not torch.isfinite(total):
+                    raise TrainingError(
+                        f"training loss became NaN or infinite in epoch {epoch + 1}; "
+                        f"lower the learning rate (now {config.learning_rate}) or standardise the features"
+                    )
+    finally:
+        model.train(was_training)
+    return len(table)
+
+
+def evaluate(model: nn.Module, table: Table) -> dict[str, float]:
+    """``loss``, ``accuracy``, ``auc`` and ``samples`` of ``model`` on ``table``.
+
+    ``loss`` is the mean BCE (one-logit models) or cross-entropy. ``auc`` is scikit-learn's
+    ``roc_auc_score``: on the positive-class probability for binary models; for multi-class, the
+    one-vs-rest AUC macro-averaged over the classes present in ``table`` (equal to scikit-learn's
+    ``multi_class="ovr", average="macro"`` when every class is present). AUC is undefined when the
+    table holds a single class: it is then NaN. An empty table gives NaN metrics and 0 samples.
+    """
+    n = len(table)
+    if n == 0:
+        return {"loss": math.nan, "accuracy": math.nan, "auc": math.nan, "samples": 0.0}
+    outputs = output_dim(model, table.num_features)
+    _check_labels(table, outputs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            X = torch.from_numpy(table.X)
+            logits = torch.cat([model(X[i : i + _EVAL_BATCH]) for i in range(0, n, _EVAL_BATCH)])
+            y = torch.from_numpy(table.y)
+            loss = float(_loss(logits, y))
+            if outputs == 1:
+                scores = torch.sigmoid(logits.squeeze(1)).double().numpy()
+                pred = (logits.squeeze(1) > 0).long().numpy()
+            else:
+                scores = torch.softmax(logits.double(), dim=1).numpy()
+                pred = logits.argmax(dim=1).numpy()
+    finally:
+        model.train(was_training)
+    return {
+        "loss": loss,
+        "accuracy": float(np.mean(pred == table.y)),
+        "auc": _auc(table.y, scores),
+        "samples": float(n),
+    }
+
+
+def _auc(y: np.ndarray, scores: np.ndarray) -> float:
+    present = np.unique(y)
+    if present.size < 2:
+        return math.nan
+    if scores.ndim == 1:
+        return float(roc_auc_score(y, scores))
+    return float(np.mean([roc_auc_score(y == c, scores[:, c]) for c in present]))
+
+
+def feature_stats(table: Table) -> dict[str, np.ndarray]:
+    """Per-feature first and second moments ``{"mean": E[x], "sqmean": E[x²]}`` (float32[d]).
+
+    The aggregator averages them across sites weighted by row count and hands the result to
+    ``models.set_standardization``; accumulated in float64 so large feature values keep precision.
+    """
+    if len(table) == 0:
+        raise DataError("cannot compute feature statistics of an empty table")
+    X = table.X.astype(np.float64)
+    return {
+        "mean": X.mean(axis=0).astype(np.float32),
+        "sqmean": np.square(X).mean(axis=0).astype(np.float32),
+    }
+
+
+def _same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], what: str) -> None:
+    if set(a) != set(b):
+        missing = [k for k in a if k not in b]
+        extra = [k for k in b if k not in a]
+        raise ModelError(
+            f"{what}: tensor names differ (missing {missing or 'none'}, unexpected {extra or 'none'})"
+        )
+    for k in a:
+        if np.shape(a[k]) != np.shape(b[k]):
+            raise ModelError(f"{what}: tensor {k!r} has shapes {np.shape(a[k])} and {np.shape(b[k])}")
+
+
+def model_delta(after: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray]) -> NumpyState:
+    """``after - before`` per tensor (float32), in ``after``'s order; layouts must match."""
+    _same_layout(after, before, "model_delta")
+    return {k: (np.asarray(after[k], np.float32) - np.asarray(before[k], np.float32)) for k in after}
+
+
+def apply_delta(
+    state: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray], scale: float = 1.0
+) -> NumpyState:
+    """A new state ``state + scale * delta`` (float32); ``state`` is not modified."""
+    _same_layout(state, delta, "apply_delta")
+    s = np.float32(scale)
+    return {k: np.asarray(state[k], np.float32) + s * np.asarray(delta[k], np.float32) for k in state}
