@@ -15,7 +15,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/versions.env"
 
 cache_root="${FEDSEC_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedsec/cluster}"
-key_hash="$(cat "$here/versions.env" "$here"/build/*/go.mod "$here"/build/*/go.sum | sha256sum | cut -c1-10)"
+key_hash="$(cat "$here/versions.env" "$here"/modules/*/go.mod "$here"/modules/*/go.sum | sha256sum | cut -c1-10)"
 key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_${key_hash}"
 prefix="$cache_root/$key"
 bindir="$prefix/bin"
@@ -76,7 +76,7 @@ tmp="$(mktemp -d "$prefix/tmp.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
 if [[ ! -x "$bindir/etcd" ]]; then
-  timed etcd bash -c "cd '$here/build/etcd' && go build -ldflags='-s -w' -o '$tmp/etcd' go.etcd.io/etcd/server/v3"
+  timed etcd bash -c "cd '$here/modules/etcd' && go build -ldflags='-s -w' -o '$tmp/etcd' go.etcd.io/etcd/server/v3"
   mv "$tmp/etcd" "$bindir/etcd"
 fi
 
@@ -85,7 +85,7 @@ if [[ ! -x "$bindir/helm" ]]; then
   helm_ld="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
   helm_ld+=" -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=${helm_minor}"
   helm_ld+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=${helm_minor}"
-  timed helm bash -c "cd '$here/build/helm' && go build -ldflags='$helm_ld' -o '$tmp/helm' helm.sh/helm/v3/cmd/helm"
+  timed helm bash -c "cd '$here/modules/helm' && go build -ldflags='$helm_ld' -o '$tmp/helm' helm.sh/helm/v3/cmd/helm"
   mv "$tmp/helm" "$bindir/helm"
 fi
 
@@ -122,7 +122,7 @@ if [[ $k8s_missing == 1 ]]; then
     k8s_ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=${build_date}"
   done
   # One go build for all four commands so shared packages compile once.
-  timed kubernetes bash -c "cd '$here/build/kubernetes' && go build -ldflags='$k8s_ld' -o '$tmp/' \
+  timed kubernetes bash -c "cd '$here/modules/kubernetes' && go build -ldflags='$k8s_ld' -o '$tmp/' \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
   for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do mv "$tmp/$b" "$bindir/$b"; done
