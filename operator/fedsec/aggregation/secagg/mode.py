@@ -1,0 +1,40 @@
+"""``secagg``: the default aggregation mode of every job, as an AggregationMode the engine drives."""
+
+from __future__ import annotations
+
+from fedsec.aggregation.base import (
+    AggregationMode,
+    ClientUpdate,
+    ModeInfo,
+    PeerIdentity,
+    RoundContext,
+)
+from fedsec.aggregation.secagg.client import SecAggClient
+from fedsec.aggregation.secagg.config import SecAggConfig, threshold_count
+from fedsec.aggregation.secagg.phases import PHASES
+from fedsec.aggregation.secagg.server import SecAggServer
+
+
+class SecAggMode(AggregationMode):
+    """Bonawitz et al. secure aggregation over the SecAgg+ graph of Bell et al.
+
+    ``server(ctx, weight_bound=...)`` takes the bound clients divide their weights by; the engine
+    may pass e.g. the largest sample count the round's participants declared (otherwise the
+    config's ``weight_bound``).
+    """
+
+    info = ModeInfo(name="secagg", server_sees_individual_updates=False, phases=PHASES)
+
+    def __init__(self, config: SecAggConfig | None = None) -> None:
+        self.config = config if config is not None else SecAggConfig()
+        self.config.validate()
+
+    def server(self, ctx: RoundContext, weight_bound: float | None = None) -> SecAggServer:
+        return SecAggServer(self.config, ctx, weight_bound)
+
+    def client(self, ctx: RoundContext, identity: PeerIdentity, update: ClientUpdate) -> SecAggClient:
+        return SecAggClient(self.config, ctx, identity, update)
+
+    def required_survivors(self, participants: int, quorum: int) -> int:
+        """max(quorum, threshold_count): a round never commits with fewer than the threshold."""
+        return max(quorum, threshold_count(self.config, participants))

@@ -1,0 +1,57 @@
+"""Phase names and the shared pieces of both roles: what one round's secagg messages are bound to."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+import numpy as np
+from google.protobuf.message import DecodeError, Message
+
+from fedsec.aggregation.base import ProtocolRejection
+from fedsec.crypto.secagg import shamir
+
+ADVERTISE = "advertise"
+SHARE = "share"
+MASKED_INPUT = "masked-input"
+UNMASK = "unmask"
+PHASES = (ADVERTISE, SHARE, MASKED_INPUT, UNMASK)
+
+SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES  # seed share || mask-key share
+
+# HKDF purposes: one agreement never keys two things.
+SHARE_KEY = b"share-key"
+MASK_SEED = b"pairwise-mask"
+
+M = TypeVar("M", bound=Message)
+
+
+def ring_bytes(vec: np.ndarray) -> bytes:
+    """Ring words as little-endian bytes, without a copy on little-endian machines."""
+    return vec.tobytes() if sys.byteorder == "little" else vec.byteswap().tobytes()
+
+
+def ring_words(data: bytes, dtype: type[np.unsignedinteger], count: int) -> np.ndarray | None:
+    """Little-endian ring words, or None when ``data`` does not hold exactly ``count`` of them."""
+    dt = np.dtype(dtype)
+    if len(data) != count * dt.itemsize:
+        return None
+    arr = np.frombuffer(data, dtype=dt.newbyteorder("<"), count=count)
+    return arr if sys.byteorder == "little" else arr.astype(dt)
+
+
+def parse(factory: Callable[[], M], body: bytes, what: str) -> M:
+    msg = factory()
+    try:
+        msg.ParseFromString(body)
+    except (DecodeError, ValueError) as exc:
+        raise ProtocolRejection("malformed", f"{what} is not a valid message: {exc}") from None
+    return msg
+
+
+def distinct(indices: list[int], what: str) -> set[int]:
+    out = set(indices)
+    if len(out) != len(indices):
+        raise ProtocolRejection("malformed", f"{what} lists a participant twice")
+    return out
