@@ -1,0 +1,239 @@
+"""Workloads through the real controller-manager and scheduler, run by the node agent."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+
+import pytest
+from cluster_fixtures import ClusterInfo, Kubectl, wait_until
+
+pytestmark = pytest.mark.cluster
+
+# The node agent runs no images: commands are programs on this machine.
+PY = sys.executable
+
+
+def py_container(name: str, code: str, **extra: object) -> dict[str, object]:
+    return {"name": name, "image": "not-pulled.invalid/python", "command": [PY, "-c", textwrap.dedent(code)],
+            **extra}
+
+
+def apply_obj(kubectl: Kubectl, namespace: str, *objs: dict[str, object]) -> None:
+    kubectl.apply("\n---\n".join(json.dumps(o) for o in objs), namespace)
+
+
+def pod_phase(kubectl: Kubectl, ns: str, name: str) -> str:
+    return kubectl("get", "pod", name, "-n", ns, "-o", "jsonpath={.status.phase}", check=False).stdout
+
+
+def test_job_becomes_a_pod_that_runs_to_succeeded(kubectl: Kubectl, cluster: ClusterInfo, namespace: str) -> None:
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "hello"},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never",
+            "containers": [py_container("main", "import socket; print('job done on', socket.gethostname())")]}}},
+    })
+    kubectl("wait", "--for=condition=Complete", "job/hello", "-n", namespace, "--timeout=60s", timeout=70)
+    pods = kubectl.json("get", "pods", "-n", namespace, "-l", "job-name=hello")["items"]
+    assert len(pods) == 1
+    pod = pods[0]
+    assert pod["spec"]["nodeName"] == cluster.node_name  # bound by kube-scheduler
+    assert pod["status"]["phase"] == "Succeeded"
+    assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    logs = kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
+    assert f"job done on {pod['metadata']['name']}" in logs
+
+
+def test_two_pods_behind_a_service_talk_by_dns_name(kubectl: Kubectl, namespace: str) -> None:
+    server = """
+        import http.server, socket
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = socket.gethostname().encode()
+                self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+                self.wfile.write(body)
+        # Both replicas listen on the same port: each pod has an address of its own.
+        http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+    """
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}},
+            "spec": {"containers": [py_container(
+                "web", server, ports=[{"name": "http", "containerPort": 8080}],
+                readinessProbe={"tcpSocket": {"port": "http"}, "periodSeconds": 1})]}}},
+    }, {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]},
+    })
+    kubectl("rollout", "status", "deployment/web", "-n", namespace, "--timeout=60s", timeout=70)
+    client = f"""
+        import socket, sys, time, urllib.request
+        seen = set()
+        deadline = time.time() + 40
+        # Short name via the resolv.conf search path, and the full name.
+        for url in ["http://web/", "http://web.{namespace}.svc.cluster.local/"] * 20:
+            while True:
+                try:
+                    seen.add(urllib.request.urlopen(url, timeout=5).read().decode()); break
+                except OSError as e:
+                    if time.time() > deadline: raise
+                    time.sleep(0.2)
+        print("backends:", sorted(seen), "web ->", socket.gethostbyname("web"))
+        sys.exit(0 if len(seen) == 2 else 1)
+    """
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {"restartPolicy": "Never", "containers": [py_container("client", client)]},
+    })
+    wait_until("pod client to finish", lambda: pod_phase(kubectl, namespace, "client") in ("Succeeded", "Failed"), 90)
+    logs = kubectl("logs", "-n", namespace, "client").stdout
+    assert pod_phase(kubectl, namespace, "client") == "Succeeded", logs
+    svc_ip = kubectl("get", "svc", "web", "-n", namespace, "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert f"web -> {svc_ip}" in logs
+    ips = {p["status"]["podIP"] for p in kubectl.json("get", "pods", "-n", namespace, "-l", "app=web")["items"]}
+    assert len(ips) == 2
+
+
+def test_env_and_volumes_from_secrets_configmaps_downward_api(kubectl: Kubectl, namespace: str) -> None:
+    kubectl("create", "secret", "generic", "creds", "-n", namespace, "--from-literal=password=s3cret")
+    kubectl("create", "configmap", "settings", "-n", namespace, "--from-literal=mode=fast",
+            "--from-literal=rounds=3")
+    code = """
+        import json, os, pathlib
+        sa = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
+        print(json.dumps({
+            "env": {k: os.environ.get(k) for k in ["PASSWORD", "MODE", "CFG_rounds", "POD_NAME", "POD_IP", "GREETING"]},
+            "secret_file": pathlib.Path("/etc/creds/password").read_text(),
+            "config_file": pathlib.Path("/etc/settings/mode").read_text(),
+            "labels": pathlib.Path("/etc/podinfo/labels").read_text(),
+            "scratch_writable": pathlib.Path("/scratch").is_dir() and os.access("/scratch", os.W_OK),
+            "sa_namespace": (sa / "namespace").read_text(),
+            "sa_token": bool((sa / "token").read_text()),
+        }))
+    """
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "envs", "labels": {"tier": "test"}},
+        "spec": {"restartPolicy": "Never", "containers": [py_container(
+            "main", code,
+            env=[
+                {"name": "PASSWORD", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "password"}}},
+                {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "GREETING", "value": "hi $(POD_NAME)"},
+            ],
+            envFrom=[{"prefix": "CFG_", "configMapRef": {"name": "settings"}}],
+            volumeMounts=[
+                {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+                {"name": "settings", "mountPath": "/etc/settings"},
+                {"name": "podinfo", "mountPath": "/etc/podinfo"},
+                {"name": "scratch", "mountPath": "/scratch"},
+            ])],
+            "volumes": [
+                {"name": "creds", "secret": {"secretName": "creds"}},
+                {"name": "settings", "configMap": {"name": "settings"}},
+                {"name": "podinfo", "downwardAPI": {"items": [
+                    {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+                {"name": "scratch", "emptyDir": {}},
+            ]},
+    })
+    wait_until("pod envs to succeed", lambda: pod_phase(kubectl, namespace, "envs") == "Succeeded", 60)
+    out = json.loads(kubectl("logs", "-n", namespace, "envs").stdout)
+    pod = kubectl.json("get", "pod", "envs", "-n", namespace)
+    assert out["env"] == {"PASSWORD": "s3cret", "MODE": "fast", "CFG_rounds": "3", "POD_NAME": "envs",
+                          "POD_IP": pod["status"]["podIP"], "GREETING": "hi envs"}
+    assert out["secret_file"] == "s3cret" and out["config_file"] == "fast"
+    assert 'tier="test"' in out["labels"]
+    assert out["scratch_writable"] and out["sa_token"] and out["sa_namespace"] == namespace
+
+
+def test_pod_reaches_the_api_server_with_its_serviceaccount(kubectl: Kubectl, namespace: str) -> None:
+    code = """
+        import json, os, ssl, urllib.request
+        sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+        ctx = ssl.create_default_context(cafile=sa + "/ca.crt")
+        host = os.environ["KUBERNETES_SERVICE_HOST"]
+        for url in ["https://kubernetes.default.svc/version", f"https://{host}/version"]:
+            req = urllib.request.Request(url, headers={"Authorization": "Bearer " + open(sa + "/token").read()})
+            print(json.load(urllib.request.urlopen(req, context=ctx, timeout=10))["gitVersion"])
+    """
+    apply_obj(kubectl, namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "api"},
+                                   "spec": {"restartPolicy": "Never", "containers": [py_container("main", code)]}})
+    wait_until("pod api to finish", lambda: pod_phase(kubectl, namespace, "api") in ("Succeeded", "Failed"), 60)
+    logs = kubectl("logs", "-n", namespace, "api").stdout
+    assert pod_phase(kubectl, namespace, "api") == "Succeeded", logs
+    version = json.loads(kubectl("get", "--raw", "/version").stdout)["gitVersion"]
+    assert logs.split() == [version, version]
+
+
+def test_pvc_is_provisioned_and_keeps_data_between_pods(kubectl: Kubectl, namespace: str) -> None:
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    })
+
+    def pod(name: str, code: str) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": {
+            "restartPolicy": "Never",
+            "containers": [py_container("main", code, volumeMounts=[{"name": "d", "mountPath": "/data"}])],
+            "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}}
+
+    apply_obj(kubectl, namespace, pod("writer", "open('/data/model.bin', 'w').write('round-7')"))
+    wait_until("pod writer to succeed", lambda: pod_phase(kubectl, namespace, "writer") == "Succeeded", 60)
+    apply_obj(kubectl, namespace, pod("reader", "print(open('/data/model.bin').read())"))
+    wait_until("pod reader to succeed", lambda: pod_phase(kubectl, namespace, "reader") == "Succeeded", 60)
+    assert kubectl("logs", "-n", namespace, "reader").stdout.strip() == "round-7"
+    pv = kubectl("get", "pvc", "data", "-n", namespace, "-o", "jsonpath={.spec.volumeName}").stdout
+    kubectl("delete", "pod", "writer", "reader", "-n", namespace, "--timeout=60s", timeout=70)
+    kubectl("delete", "pvc", "data", "-n", namespace, "--timeout=60s", timeout=70)
+    wait_until(f"the provisioner to delete released volume {pv}",
+               lambda: kubectl("get", "pv", pv, check=False).returncode != 0, 60)
+
+
+def test_restart_policy_and_exit_codes(kubectl: Kubectl, namespace: str) -> None:
+    flaky = """
+        import os, sys
+        p = "/state/attempts"
+        n = int(open(p).read()) if os.path.exists(p) else 0
+        open(p, "w").write(str(n + 1))
+        print("attempt", n + 1)
+        sys.exit(3 if n == 0 else 0)
+    """
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "flaky"},
+        "spec": {"restartPolicy": "OnFailure",
+                 "containers": [py_container("main", flaky, volumeMounts=[{"name": "s", "mountPath": "/state"}])],
+                 "volumes": [{"name": "s", "emptyDir": {}}]},
+    }, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fails"},
+        "spec": {"restartPolicy": "Never", "containers": [py_container("main", "raise SystemExit(7)")]},
+    })
+    wait_until("pod flaky to succeed after a restart",
+               lambda: pod_phase(kubectl, namespace, "flaky") == "Succeeded", 60)
+    st = kubectl.json("get", "pod", "flaky", "-n", namespace)["status"]["containerStatuses"][0]
+    assert st["restartCount"] == 1
+    assert st["lastState"]["terminated"]["exitCode"] == 3
+    assert kubectl("logs", "-n", namespace, "flaky", "--previous").stdout.strip() == "attempt 1"
+    assert kubectl("logs", "-n", namespace, "flaky").stdout.strip() == "attempt 2"
+    wait_until("pod fails to fail", lambda: pod_phase(kubectl, namespace, "fails") == "Failed", 60)
+    st = kubectl.json("get", "pod", "fails", "-n", namespace)["status"]["containerStatuses"][0]
+    assert st["state"]["terminated"]["exitCode"] == 7 and st["restartCount"] == 0
+
+
+def test_deleting_a_pod_stops_its_processes(kubectl: Kubectl, namespace: str) -> None:
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sleeper"},
+        "spec": {"terminationGracePeriodSeconds": 5,
+                 "containers": [py_container("main", "import time; print('up', flush=True); time.sleep(3600)")]},
+    })
+    kubectl("wait", "--for=condition=Ready", "pod/sleeper", "-n", namespace, "--timeout=60s", timeout=70)
+    cid = kubectl("get", "pod", "sleeper", "-n", namespace,
+                  "-o", "jsonpath={.status.containerStatuses[0].containerID}").stdout
+    pid = int(cid.rsplit("/", 1)[1])
+    assert os.path.exists(f"/proc/{pid}")
+    kubectl("delete", "pod", "sleeper", "-n", namespace, "--timeout=30s", timeout=40)
+    wait_until(f"process {pid} of pod sleeper to end", lambda: not os.path.exists(f"/proc/{pid}"), 10)
