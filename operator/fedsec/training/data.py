@@ -51,7 +51,7 @@ class Table:
     ``X`` is float32 (n, d), ``y`` int64 (n,), ``feature_names`` has d names. ``class_names`` is
     optional: ``class_names[i]`` is the label that id ``i`` stands for, when known (builtin
     datasets, string targets). Integer inputs are converted to these dtypes; anything that would
-    lose information (fractional labels) is refused.
+    lose information (fractional labels) is refused with a DataError.
     """
 
     X: np.ndarray
@@ -63,27 +63,27 @@ class Table:
         X = np.ascontiguousarray(self.X, dtype=np.float32)
         y = np.asarray(self.y)
         if X.ndim != 2:
-            raise ValueError(f"X must be 2-D (rows, features), got shape {X.shape}")
+            raise DataError(f"X must be 2-D (rows, features), got shape {X.shape}")
         if y.ndim != 1:
-            raise ValueError(f"y must be 1-D (rows,), got shape {y.shape}")
+            raise DataError(f"y must be 1-D (rows,), got shape {y.shape}")
         if y.dtype.kind == "b":
             y = y.astype(np.int64)
         elif y.dtype.kind not in "iu":
-            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+            raise DataError(f"y must hold integer class labels, got dtype {y.dtype}")
         y = np.ascontiguousarray(y, dtype=np.int64)
         if X.shape[0] != y.shape[0]:
-            raise ValueError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
+            raise DataError(f"X has {X.shape[0]} rows but y has {y.shape[0]}")
         names = tuple(str(n) for n in self.feature_names)
         if len(names) != X.shape[1]:
-            raise ValueError(f"{len(names)} feature names for {X.shape[1]} feature columns")
+            raise DataError(f"{len(names)} feature names for {X.shape[1]} feature columns")
         if not np.isfinite(X).all():
             rows, cols = np.nonzero(~np.isfinite(X))
-            raise ValueError(
+            raise DataError(
                 f"X has {rows.size} NaN or infinite values (first in row {rows[0]}, "
                 f"feature {names[cols[0]]!r}); clean the data before training"
             )
         if y.size and y.min() < 0:
-            raise ValueError(f"labels must be non-negative class ids, found {int(y.min())}")
+            raise DataError(f"labels must be non-negative class ids, found {int(y.min())}")
         object.__setattr__(self, "X", X)
         object.__setattr__(self, "y", y)
         object.__setattr__(self, "feature_names", names)

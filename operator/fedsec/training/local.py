@@ -17,7 +17,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from fedsec.training.data import DataError, Table
 from fedsec.training.models import ModelError, NumpyState, output_dim
@@ -82,16 +82,30 @@ class TrainConfig:
             raise ValueError("TrainConfig.momentum applies to optimizer 'sgd' only; set it to 0 for 'adam'")
 
 
-def make_loader(table: Table, batch_size: int, seed: int) -> DataLoader:
-    """Shuffled mini-batches of ``table``, reproducible from ``seed``.
+class _BatchedRows(TensorDataset):
+    """A TensorDataset that DataLoader reads a whole batch at a time: one index per tensor
+    instead of a fetch per row and a collate, which dominate the cost for small tabular models."""
 
-    Each batch is one tensor index into the whole table (a BatchSampler with ``batch_size=None``)
-    rather than per-row fetches and a collate, which dominates the cost for small tabular models.
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[idx] for t in self.tensors)
+
+
+def _already_batched(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return batch
+
+
+def make_loader(table: Table, batch_size: int, seed: int) -> DataLoader:
+    """Shuffled mini-batches ``(X, y)`` of ``table``, reproducible from ``seed``.
+
+    A standard map-style DataLoader (batch_size, shuffle, generator), so Opacus can swap in its
+    Poisson-sampling loader via ``DPDataLoader.from_data_loader``; batches stay stacked there too.
     """
-    dataset = TensorDataset(torch.from_numpy(table.X), torch.from_numpy(table.y))
+    dataset = _BatchedRows(torch.from_numpy(table.X), torch.from_numpy(table.y))
     generator = torch.Generator().manual_seed(seed)
-    sampler = BatchSampler(RandomSampler(dataset, generator=generator), batch_size, drop_last=False)
-    return DataLoader(dataset, sampler=sampler, batch_size=None)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, generator=generator, collate_fn=_already_batched
+    )
 
 
 def _check_labels(table: Table, outputs: int) -> None:

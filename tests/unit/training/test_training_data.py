@@ -64,7 +64,7 @@ def test_table_converts_dtypes_and_has_length() -> None:
     ],
 )
 def test_table_rejects_bad_input(X: np.ndarray, y: np.ndarray, names: tuple[str, ...], message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(DataError, match=message):
         Table(X, y, names)
 
 

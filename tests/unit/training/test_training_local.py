@@ -283,3 +283,16 @@ def test_delta_layout_mismatch_is_named(other: dict[str, np.ndarray], message: s
         model_delta(state, other)
     with pytest.raises(ModelError, match=message):
         apply_delta(state, other)
+
+
+def test_loader_stays_batched_under_opacus_poisson_sampling() -> None:
+    # DP-SGD will replace the loader with Opacus' own; it must still yield stacked (X, y) batches.
+    from opacus.data_loader import DPDataLoader
+
+    table = load_builtin("iris")
+    dp_loader = DPDataLoader.from_data_loader(make_loader(table, batch_size=30, seed=0))
+    batches = list(dp_loader)
+    assert len(batches) == 5
+    for xb, yb in batches:
+        assert xb.shape == (len(yb), 4) and yb.dtype == torch.int64
+    assert 50 < sum(len(yb) for _, yb in batches) < 250
