@@ -245,10 +245,10 @@ def partition(
     Dir(alpha, ..., alpha). Small ``alpha`` (0.1) gives most shards few classes; large ``alpha``
     (100) approaches iid.
 
-    Every shard gets at least ``min_size`` rows (default ``MIN_SHARD_SIZE``). A Dirichlet draw that misses this is redrawn up to
-    100 times; then rows move from the largest shard (its most common class) to the smallest, so
-    the result is always deterministic in ``seed``. Raises DataError when the rows cannot cover
-    ``shards * min_size``.
+    Every shard gets at least ``min_size`` rows (default ``MIN_SHARD_SIZE``). A Dirichlet draw
+    that misses this is redrawn up to 100 times; then rows move from the largest shard (its most
+    common class) to the smallest, so the result is always deterministic in ``seed``. Raises
+    DataError when the rows cannot cover ``shards * min_size``.
     """
     n = len(table)
     if not isinstance(shards, int) or isinstance(shards, bool) or shards < 1:

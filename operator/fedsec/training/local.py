@@ -40,20 +40,22 @@ class TrainingError(RuntimeError):
     """Local training diverged; the message says when and what to change."""
 
 
-def _check_int(name: str, value: object, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+def _check_int(name: str, value: object, low: int, high: int = 2**63 - 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        bound = f">= {low}" if high == 2**63 - 1 else f"in [{low}, {high}]"
         raise ValueError(f"TrainConfig.{name} must be an integer {bound}, got {value!r}")
 
 
-def _check_float(name: str, value: object, *, low: float, high: float, low_open: bool, high_open: bool) -> None:
+def _check_float(name: str, value: object, *, low: float, high: float, closed: str) -> None:
+    """``closed`` says which ends of the range are allowed: "[)", "(]", "()" or "[]"."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok:
         v = float(value)  # type: ignore[arg-type]
-        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+        ok = (v >= low if closed[0] == "[" else v > low) and (v <= high if closed[1] == "]" else v < high)
     if not ok:
-        lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-        raise ValueError(f"TrainConfig.{name} must be a number in {lo}{low}, {high}{hi}, got {value!r}")
+        raise ValueError(
+            f"TrainConfig.{name} must be a number in {closed[0]}{low}, {high}{closed[1]}, got {value!r}"
+        )
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,11 @@ class TrainConfig:
         _check_int("batch_size", self.batch_size, 1)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"TrainConfig.optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        _check_float("learning_rate", self.learning_rate, low=0.0, high=math.inf, low_open=True, high_open=True)
-        _check_float("momentum", self.momentum, low=0.0, high=1.0, low_open=False, high_open=True)
-        _check_float("weight_decay", self.weight_decay, low=0.0, high=math.inf, low_open=False, high_open=True)
+        _check_float("learning_rate", self.learning_rate, low=0.0, high=math.inf, closed="()")
+        _check_float("momentum", self.momentum, low=0.0, high=1.0, closed="[)")
+        _check_float("weight_decay", self.weight_decay, low=0.0, high=math.inf, closed="[)")
         # torch.Generator.manual_seed takes any 64-bit value; non-negative keeps seeds portable.
-        _check_int("seed", self.seed, 0, 2**63 - 1)
+        _check_int("seed", self.seed, 0)
         if self.optimizer == "adam" and self.momentum != 0.0:
             raise ValueError("TrainConfig.momentum applies to optimizer 'sgd' only; set it to 0 for 'adam'")
 

@@ -123,7 +123,7 @@ def _from_factory(factory: str | None, params: Mapping[str, object] | None) -> n
     if func is None:
         raise ModelError(f"module {module_name!r} has no attribute {func_name!r} (factory {factory!r})")
     if not callable(func):
-        raise ModelError(f"factory {factory!r} is a {type(func).__name__}, not a function")
+        raise ModelError(f"factory {factory!r} is not callable (it is a {type(func).__name__})")
     try:
         model = func(**dict(params or {}))
     except TypeError as exc:

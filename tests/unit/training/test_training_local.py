@@ -85,8 +85,13 @@ def test_central_logistic_regression_on_breast_cancer_reaches_auc_098() -> None:
 def test_multiclass_mlp_learns_iris(optimizer: str) -> None:
     rest, holdout = holdout_split(load_builtin("iris"), 0.2, seed=0)
     model = _standardised("mlp", rest, 3)
-    lr = 0.05 if optimizer == "sgd" else 0.01
-    train_local(model, rest, TrainConfig(epochs=30, batch_size=16, optimizer=optimizer, learning_rate=lr, momentum=0.0))  # type: ignore[arg-type]
+    config = TrainConfig(
+        epochs=30,
+        batch_size=16,
+        optimizer=optimizer,  # type: ignore[arg-type]
+        learning_rate=0.05 if optimizer == "sgd" else 0.01,
+    )
+    train_local(model, rest, config)
     assert evaluate(model, holdout)["accuracy"] >= 0.9
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,14 +100,21 @@ def factory_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 def test_factory_is_imported_and_called_with_params(factory_module: str) -> None:
-    model = build_model(
-        "factory", input_dim=6, num_classes=3, factory=f"{factory_module}:make", params={"width": 6, "classes": 3}
-    )
+    def build(seed: int) -> nn.Module:
+        return build_model(
+            "factory",
+            input_dim=6,
+            num_classes=3,
+            factory=f"{factory_module}:make",
+            params={"width": 6, "classes": 3},
+            seed=seed,
+        )
+
+    model = build(0)
     assert model(torch.zeros(2, 6)).shape == (2, 3)
-    again = build_model(
-        "factory", input_dim=6, num_classes=3, factory=f"{factory_module}:make", params={"width": 6, "classes": 3}
-    )
-    assert all(np.array_equal(a, b) for a, b in zip(state_to_numpy(model).values(), state_to_numpy(again).values()))
+    a, b, c = state_to_numpy(model), state_to_numpy(build(0)), state_to_numpy(build(1))
+    assert all(np.array_equal(a[k], b[k]) for k in a), "the seed governs a factory's init too"
+    assert not np.array_equal(a["0.weight"], c["0.weight"])
 
 
 @pytest.mark.parametrize(
@@ -118,7 +125,7 @@ def test_factory_is_imported_and_called_with_params(factory_module: str) -> None
         ("{mod}:", None, "must look like"),
         ("no_such_module_xyz:make", None, "cannot import module 'no_such_module_xyz'.*install it"),
         ("{mod}:missing", None, "has no attribute 'missing'"),
-        ("{mod}:CONSTANT", None, "is a int, not a function"),
+        ("{mod}:CONSTANT", None, r"is not callable \(it is a int\)"),
         ("{mod}:make", {"depth": 3}, "rejected params.*depth"),
         ("{mod}:not_a_model", None, "returned a dict; it must return a torch.nn.Module"),
     ],
@@ -159,7 +166,9 @@ def test_load_numpy_state_round_trips() -> None:
         (lambda s: s["out.weight"].__setitem__((0, 0), np.nan), "tensor 'out.weight': contains NaN"),
     ],
 )
-def test_load_numpy_state_rejects_mismatches_and_leaves_model_unchanged(edit, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_load_numpy_state_rejects_mismatches_and_leaves_model_unchanged(
+    edit: Callable[[dict[str, np.ndarray]], object], message: str
+) -> None:
     model = build_model("mlp", input_dim=4, num_classes=3, hidden=(3,), seed=1)
     before = state_to_numpy(model)
     bad = {k: v + 1.0 for k, v in before.items()}
