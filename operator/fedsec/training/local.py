@@ -134,7 +134,7 @@ def train_local(model: nn.Module, table: Table, config: TrainConfig) -> int:
     reproducible: shuffling and any randomness inside the model (dropout) derive from
     ``config.seed``, and the caller's global torch RNG is left as it was.
     Raises DataError for an empty table or labels the model cannot output, TrainingError if the
-    loss stops being finite.
+    loss stops being finite (the model's weights are then garbage: reload the global state).
     """
     if len(table) == 0:
         raise DataError("no training rows: the site's data (after the validation split) is empty")
