@@ -40,6 +40,8 @@ import pki  # noqa: E402
 # Components in start order; `down` stops them in reverse.
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent"]
 NODE_NAME = "fedsec-node"
+# A cold build took ~6 min on 2 cores here; an hour means something hangs (a module download).
+BUILD_TIMEOUT = 3600
 
 
 def state_dir() -> Path:
@@ -165,7 +167,12 @@ def admin_ssl(state: Path) -> ssl.SSLContext:
 
 def build() -> Path:
     log("building or finding the cached binaries (tests/cluster/build.sh)")
-    out = subprocess.run(["bash", str(HERE / "build.sh")], stdout=subprocess.PIPE, text=True)
+    try:
+        out = subprocess.run(["bash", str(HERE / "build.sh")], stdout=subprocess.PIPE, text=True,
+                             timeout=BUILD_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        raise StartError(f"timed out after {BUILD_TIMEOUT}s waiting for tests/cluster/build.sh; its logs are "
+                         "in the cache dir's logs/ (bash tests/cluster/build.sh --print-bindir shows where)") from e
     if out.returncode != 0:
         raise StartError("tests/cluster/build.sh failed; its output is above")
     return Path(out.stdout.strip().splitlines()[-1])
@@ -239,6 +246,9 @@ def _make_pki(c: Cluster) -> None:
              "kubernetes.default.svc.cluster.local"],
         ips=["127.0.0.1", c.kubernetes_service_ip, c.bridge_ip],
     )
+    # A separate CA for the aggregation layer's front proxy, as kubeadm does: a client
+    # certificate from it makes the API server trust X-Remote-User headers.
+    pki.CA(p, "front-proxy-ca").issue("front-proxy-client", "front-proxy-client", client=True)
     ca.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", client=True)
     ca.issue("node-agent-serving", c.node_name, server=True, dns=["localhost", c.node_name], ips=["127.0.0.1"])
     server = f"https://127.0.0.1:{c.apiserver_port}"
@@ -305,6 +315,12 @@ def _start_all(c: Cluster) -> None:
         f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
         f"--kubelet-certificate-authority={p / 'ca.crt'}",
         "--kubelet-preferred-address-types=InternalIP",
+        f"--requestheader-client-ca-file={p / 'front-proxy-ca.crt'}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User", "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={p / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={p / 'front-proxy-client.key'}",
         # The `kubernetes` Service's endpoint would be 127.0.0.1, which pods cannot reach;
         # the node agent forwards that Service to the API server itself.
         "--endpoint-reconciler-type=none",

@@ -41,15 +41,15 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 
 class CA:
-    def __init__(self, pki: Path) -> None:
+    def __init__(self, pki: Path, name: str = "ca") -> None:
         self.pki = pki
         pki.mkdir(parents=True, exist_ok=True)
         self.key = ec.generate_private_key(ec.SECP256R1())
         now = dt.datetime.now(dt.timezone.utc)
         self.cert = (
             x509.CertificateBuilder()
-            .subject_name(_name("fedsec-test-ca"))
-            .issuer_name(_name("fedsec-test-ca"))
+            .subject_name(_name(f"fedsec-test-{name}"))
+            .issuer_name(_name(f"fedsec-test-{name}"))
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
@@ -66,8 +66,8 @@ class CA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False)
             .sign(self.key, hashes.SHA256())
         )
-        (pki / "ca.crt").write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
-        _write_key(pki / "ca.key", self.key)
+        (pki / f"{name}.crt").write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        _write_key(pki / f"{name}.key", self.key)
 
     def issue(
         self,
