@@ -1,0 +1,5 @@
+import sys
+
+from fedsec.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,457 @@
+"""The round engine: who takes part, when a round starts and ends, quorum, retries. Pure.
+
+The engine consumes events (a client joined, polled, answered; time passed) and returns what the
+driver must do (start a round, commit an aggregate, discard an attempt, finish the job). It never
+touches sockets, files or clocks; ``now`` is always passed in. The aggregation protocol of the
+round (plaintext, secagg, ...) is a :class:`~fedsec.aggregation.base.ServerProtocol` the engine
+drives phase by phase.
+
+Rules, each in one place here:
+- A *round* is a logical step of training (number 0 is the feature-statistics round when the job
+  standardises inputs, then 1..rounds). An *attempt* of a round has a fresh round id; ids only
+  grow, also across restarts, so a message of an earlier attempt is always stale.
+- An attempt starts once the quorum of sites is live and either every site is live or the start
+  grace (the round timeout) has passed since it could have started. At the grace's end it starts
+  with whoever is live; below the quorum it is discarded at once.
+- A phase ends when every expected participant answered (or withdrew), or at its deadline; a
+  participant that did not answer is marked dropped until it shows up again.
+- A round commits only with at least ``required`` contributors (the quorum, raised by the mode's
+  threshold); otherwise the attempt is discarded and retried under a new id. After ``max_retries``
+  retries of the same round the job fails with the reason of the last attempt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from fedsec.aggregation.base import (
+    Aborted,
+    Aggregate,
+    AggregationMode,
+    Finished,
+    NextPhase,
+    ProtocolRejection,
+    RoundContext,
+    ServerProtocol,
+    TensorSpec,
+)
+from fedsec.protocol.rejections import Rejected
+
+STATS = "stats"
+TRAIN = "train"
+RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    job_uid: str
+    sites: tuple[str, ...]
+    rounds: int
+    standardize: bool
+    quorum: int
+    round_timeout_s: float
+    join_timeout_s: float
+    max_retries: int
+    model_specs: tuple[TensorSpec, ...]
+    stats_specs: tuple[TensorSpec, ...]
+
+
+@dataclass
+class EngineState:
+    """What must survive a restart. The driver persists it whenever an effect says so."""
+
+    next_round: int  # logical round to run next
+    last_round_id: int = 0  # highest id ever issued
+    attempt: int = 0  # attempts of next_round so far
+    attempts_total: int = 0
+    status: str = RUNNING
+    reason: str = ""
+
+
+# --- effects: what the driver must do -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoundStarted:
+    round_id: int
+    round_number: int
+    kind: str
+    participants: tuple[str, ...]
+    attempt: int
+
+
+@dataclass(frozen=True)
+class RoundCommitted:
+    round_id: int
+    round_number: int
+    kind: str
+    aggregate: Aggregate
+    participants: tuple[str, ...]
+    site_metrics: dict[str, dict[str, float]]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RoundDiscarded:
+    round_id: int
+    round_number: int
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class JobFinished:
+    status: str
+    reason: str
+
+
+Effect = RoundStarted | RoundCommitted | RoundDiscarded | JobFinished
+
+
+# --- what a poll gets ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """The engine's half of a Task; the driver adds the model bytes on a round's first phase."""
+
+    round_id: int
+    round_number: int
+    kind: str
+    phase: str
+    first_phase: bool
+    request: bytes
+    seed: bytes
+    participants: tuple[str, ...]
+    min_survivors: int
+
+
+@dataclass(frozen=True)
+class WaitView:
+    reason: str
+
+
+@dataclass(frozen=True)
+class DoneView:
+    status: str
+    reason: str
+
+
+PollResult = TaskView | WaitView | DoneView
+
+
+@dataclass
+class _Attempt:
+    round_id: int
+    round_number: int
+    kind: str
+    participants: tuple[str, ...]
+    server: ServerProtocol
+    required: int
+    started_at: float
+    phase_deadline: float
+    first_phase: str
+    seed: bytes
+    answered: set[str] = field(default_factory=set)  # answered the current phase
+    withdrawn: set[str] = field(default_factory=set)
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class RoundEngine:
+    def __init__(self, config: EngineConfig, mode: AggregationMode, state: EngineState, now: float) -> None:
+        if config.quorum > len(config.sites):
+            raise ValueError(f"quorum {config.quorum} exceeds the {len(config.sites)} sites")
+        self.config = config
+        self.mode = mode
+        self.state = state
+        self._sites = frozenset(config.sites)
+        self._live: set[str] = set()
+        self._dropped: set[str] = set()
+        self._created_at = now
+        self._gathering = True  # until the first attempt starts
+        self._quorum_since: float | None = None
+        self._pending_since: float | None = None
+        self._attempt: _Attempt | None = None
+        self._finished_effect_sent = state.status != RUNNING
+
+    # -- queries --------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.state.status != RUNNING
+
+    @property
+    def current_round_id(self) -> int:
+        return self._attempt.round_id if self._attempt else self.state.last_round_id
+
+    @property
+    def live_sites(self) -> frozenset[str]:
+        return frozenset(self._live - self._dropped)
+
+    def site_states(self) -> dict[str, str]:
+        """Each site as the engine sees it now: live, dropped (silent since it missed a phase), unseen."""
+        return {
+            s: "dropped" if s in self._dropped else "live" if s in self._live else "unseen"
+            for s in sorted(self._sites)
+        }
+
+    def next_deadline(self, now: float) -> float | None:
+        """When ``tick`` next has something to do (None: only an event can change anything)."""
+        if self.finished:
+            return None
+        if self._attempt is not None:
+            return self._attempt.phase_deadline
+        if not self._gathering:
+            return (self._pending_since or now) + self.config.round_timeout_s
+        join_deadline = self._created_at + self.config.join_timeout_s
+        if self._quorum_since is not None:
+            return min(join_deadline, self._quorum_since + self.config.round_timeout_s)
+        return join_deadline
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def seen(self, site: str, now: float) -> list[Effect]:
+        """Any authenticated message from ``site``: it is live again."""
+        if site not in self._sites:
+            raise Rejected("unknown-sender", f"{site!r} is not one of this job's {len(self._sites)} admitted sites")
+        self._live.add(site)
+        self._dropped.discard(site)
+        return self.tick(now)
+
+    def poll(self, site: str, last_round_id: int, now: float) -> tuple[PollResult, list[Effect]]:
+        effects = self.seen(site, now)
+        if self.finished:
+            return DoneView(self.state.status, self.state.reason), effects
+        a = self._attempt
+        if a is None:
+            return WaitView(self._wait_reason()), effects
+        if site not in a.participants:
+            return WaitView(f"round {a.round_number} is under way without this site; it joins the next one"), effects
+        if site in a.answered or site in a.withdrawn or site not in a.server.expected():
+            return WaitView(f"waiting for the other participants of round {a.round_number}"), effects
+        request = a.server.request_for(site)
+        if request is None:
+            return WaitView(f"nothing to do in phase {a.server.phase}"), effects
+        return (
+            TaskView(
+                round_id=a.round_id,
+                round_number=a.round_number,
+                kind=a.kind,
+                phase=a.server.phase,
+                first_phase=a.server.phase == a.first_phase,
+                request=request,
+                seed=a.seed,
+                participants=a.participants,
+                min_survivors=a.required,
+            ),
+            effects,
+        )
+
+    def contribute(
+        self,
+        site: str,
+        round_id: int,
+        phase: str,
+        response: bytes,
+        metrics: dict[str, float],
+        withdraw: bool,
+        now: float,
+    ) -> list[Effect]:
+        """An answer to the current phase. Raises :class:`Rejected`; protocol errors included."""
+        effects = self.seen(site, now)
+        if self.finished:
+            raise Rejected("job-finished", f"the job has finished ({self.state.status})")
+        a = self._attempt
+        if a is None or round_id != a.round_id:
+            current = f"round id {a.round_id}" if a else "no round"
+            raise Rejected("stale-round", f"answer is for round id {round_id}; the current is {current}")
+        if site not in a.participants:
+            raise Rejected("not-participant", f"{site!r} is not a participant of round {a.round_number}")
+        if phase != a.server.phase:
+            raise Rejected("wrong-phase", f"answer is for phase {phase!r}; the current is {a.server.phase!r}")
+        if site in a.answered or site in a.withdrawn or site not in a.server.expected():
+            raise Rejected("duplicate", f"{site!r} already answered phase {phase!r} of round {a.round_number}")
+        if withdraw:
+            a.withdrawn.add(site)
+        else:
+            try:
+                a.server.receive(site, response)
+            except ProtocolRejection as exc:
+                raise Rejected("invalid-update", exc.detail) from None
+            a.answered.add(site)
+            if metrics and phase == a.first_phase:
+                a.metrics[site] = dict(metrics)
+        return effects + self._maybe_close_phase(now)
+
+    def tick(self, now: float) -> list[Effect]:
+        """Let time pass: start a round, close a phase at its deadline, or give up on joining."""
+        if self.finished:
+            return self._finish_once()
+        if self._attempt is not None:
+            if now >= self._attempt.phase_deadline:
+                return self._close_phase(now, deadline=True)
+            return []
+        return self._maybe_start(now)
+
+    def fail(self, reason: str) -> list[Effect]:
+        """The driver hit an error it cannot recover from (e.g. the aggregate is unusable)."""
+        self._attempt = None
+        self.state.status, self.state.reason = FAILED, reason
+        return self._finish_once()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _wait_reason(self) -> str:
+        live = len(self.live_sites)
+        if live < self.config.quorum:
+            return f"{live} of {len(self._sites)} sites are live; round {self.state.next_round} needs {self.config.quorum}"
+        return f"round {self.state.next_round} starts when every site is live or the start grace ends"
+
+    def _maybe_start(self, now: float) -> list[Effect]:
+        live = self.live_sites
+        enough = len(live) >= self.config.quorum
+        if self._gathering:
+            # Fresh or restarted: give late sites the start grace once the quorum is there.
+            if not enough:
+                self._quorum_since = None
+                if now >= self._created_at + self.config.join_timeout_s:
+                    return self.fail(
+                        f"only {len(live)} of {len(self._sites)} sites joined within "
+                        f"{self.config.join_timeout_s:g}s; the quorum needs {self.config.quorum}. "
+                        "Check that the clients run and can reach the aggregator (address, certificates)."
+                    )
+                return []
+            if self._quorum_since is None:
+                self._quorum_since = now
+            if live == self._sites or now >= self._quorum_since + self.config.round_timeout_s:
+                return self._start(now, tuple(sorted(live)))
+            return []
+        if enough:
+            return self._start(now, tuple(sorted(live)))
+        if self._pending_since is None:
+            self._pending_since = now
+        if now >= self._pending_since + self.config.round_timeout_s:
+            # Participants did not come back in time: this attempt of the round is lost too.
+            return self._discard_without_start(
+                now, f"only {len(live)} of {len(self._sites)} sites were live; the quorum is {self.config.quorum}"
+            )
+        return []
+
+    def _start(self, now: float, participants: tuple[str, ...]) -> list[Effect]:
+        number = self.state.next_round
+        kind = STATS if (self.config.standardize and number == 0) else TRAIN
+        specs = self.config.stats_specs if kind == STATS else self.config.model_specs
+        self.state.last_round_id += 1
+        self.state.attempt += 1
+        self.state.attempts_total += 1
+        round_id = self.state.last_round_id
+        required = min(
+            len(participants), self.mode.required_survivors(len(participants), self.config.quorum)
+        )
+        required = max(required, self.config.quorum)
+        seed = hashlib.sha256(f"{self.config.job_uid}/{round_id}".encode()).digest()
+        ctx = RoundContext(
+            job_uid=self.config.job_uid,
+            round_id=round_id,
+            participants=participants,
+            min_survivors=min(required, len(participants)),
+            tensor_specs=specs,
+            seed=seed,
+        )
+        server = self.mode.server(ctx)
+        self._attempt = _Attempt(
+            round_id=round_id,
+            round_number=number,
+            kind=kind,
+            participants=participants,
+            server=server,
+            required=required,
+            started_at=now,
+            phase_deadline=now + self.config.round_timeout_s,
+            first_phase=server.phase,
+            seed=seed,
+        )
+        self._gathering = False
+        self._quorum_since = self._pending_since = None
+        effects: list[Effect] = [RoundStarted(round_id, number, kind, participants, self.state.attempt)]
+        if len(participants) < required:
+            effects += self._close_phase(now, deadline=True)
+        return effects
+
+    def _maybe_close_phase(self, now: float) -> list[Effect]:
+        a = self._attempt
+        if a is None:
+            return []
+        if not (a.server.expected() - a.answered - a.withdrawn):
+            return self._close_phase(now, deadline=False)
+        if a.server.survivors() - len(a.withdrawn) < a.required:
+            return self._close_phase(now, deadline=True)
+        return []
+
+    def _close_phase(self, now: float, deadline: bool) -> list[Effect]:
+        a = self._attempt
+        assert a is not None
+        missing = a.server.expected() - a.answered
+        if deadline:
+            self._dropped |= missing  # silent until they show up again
+        outcome = a.server.close_phase()
+        if isinstance(outcome, NextPhase):
+            a.answered.clear()
+            a.phase_deadline = now + self.config.round_timeout_s
+            return self._maybe_close_phase(now)
+        self._attempt = None
+        if isinstance(outcome, Finished):
+            agg = outcome.aggregate
+            if len(agg.contributors) < a.required:
+                return self._discard(a, now, f"{len(agg.contributors)} contributors; the quorum is {a.required}")
+            self.state.next_round += 1
+            self.state.attempt = 0
+            effects: list[Effect] = [
+                RoundCommitted(
+                    a.round_id,
+                    a.round_number,
+                    a.kind,
+                    agg,
+                    a.participants,
+                    {k: v for k, v in a.metrics.items() if k in agg.contributors},
+                    now - a.started_at,
+                )
+            ]
+            if self.state.next_round > self.config.rounds:
+                self.state.status = SUCCEEDED
+                self.state.reason = f"trained {self.config.rounds} rounds"
+                effects += self._finish_once()
+            else:
+                effects += self._maybe_start(now)
+            return effects
+        assert isinstance(outcome, Aborted)
+        return self._discard(a, now, outcome.reason)
+
+    def _discard(self, a: _Attempt, now: float, reason: str) -> list[Effect]:
+        effects: list[Effect] = [RoundDiscarded(a.round_id, a.round_number, self.state.attempt, reason)]
+        return effects + self._after_discard(now, a.round_number, reason)
+
+    def _discard_without_start(self, now: float, reason: str) -> list[Effect]:
+        self.state.last_round_id += 1
+        self.state.attempt += 1
+        self.state.attempts_total += 1
+        effects: list[Effect] = [
+            RoundDiscarded(self.state.last_round_id, self.state.next_round, self.state.attempt, reason)
+        ]
+        return effects + self._after_discard(now, self.state.next_round, reason)
+
+    def _after_discard(self, now: float, number: int, reason: str) -> list[Effect]:
+        if self.state.attempt > self.config.max_retries:
+            return self.fail(
+                f"round {number} missed its quorum in {self.state.attempt} attempts "
+                f"(maxRetries is {self.config.max_retries}); last attempt: {reason}"
+            )
+        self._pending_since = now
+        return self._maybe_start(now)
+
+    def _finish_once(self) -> list[Effect]:
+        if self._finished_effect_sent:
+            return []
+        self._finished_effect_sent = True
+        return [JobFinished(self.state.status, self.state.reason)]

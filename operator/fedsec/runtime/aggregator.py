@@ -1,0 +1,474 @@
+"""The aggregator process: a gRPC server over mutual TLS that drives the round engine.
+
+This is the thin I/O layer around :mod:`fedsec.protocol.engine`. For each message it checks the
+envelope (``fedsec.wire.envelope``), checks the TLS peer is the signer, hands the body to the
+engine under one lock, and carries out the engine's effects: persist counters before a round's
+first task leaves, apply and checkpoint an aggregate before anything else happens, audit and count
+everything. A poll that finds nothing to do waits on a condition until the engine changes (long
+poll), and a ticker thread wakes at the engine's next deadline, so nothing spins or sleeps blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
+
+from fedsec.aggregation.base import TensorSpec, Tensors
+from fedsec.aggregation.registry import mode_for
+from fedsec.crypto.pki import AGGREGATOR
+from fedsec.crypto.signing import Signer, Verifier
+from fedsec.protocol import engine as eng
+from fedsec.protocol.rejections import REASONS, Rejected
+from fedsec.protocol.replay import ReplayGuard
+from fedsec.runtime import exitcodes
+from fedsec.runtime.checkpoints import CheckpointStore
+from fedsec.runtime.config import AggregatorConfig
+from fedsec.runtime.datasets import load_holdout
+from fedsec.runtime.report import write_plot, write_summary
+from fedsec.telemetry.audit import AuditLog
+from fedsec.telemetry.metrics import AggregatorMetrics
+from fedsec.training import models as tmodels
+from fedsec.training.local import evaluate
+from fedsec.wire import tensors as wire_tensors
+from fedsec.wire.envelope import open_envelope, seal
+from fedsec.wire.proto import round_pb2 as pb
+
+log = logging.getLogger("fedsec.aggregator")
+
+SERVICE = "fedsec.v1.Rounds"
+METHOD = f"/{SERVICE}/Exchange"
+LONG_POLL_SECONDS = 10.0
+KEY_EPOCH = 0  # key rotation lands with the keys issue; until then every key is epoch 0
+
+
+class EventSink:
+    """Progress events as JSON lines (stdout): the local runner draws its display from them."""
+
+    def __init__(self, stream: TextIO | None) -> None:
+        self.stream = stream
+        self._lock = threading.Lock()
+
+    def emit(self, event: str, **data: Any) -> None:
+        if self.stream is None:
+            return
+        with self._lock:
+            self.stream.write(json.dumps({"event": event, **data}, default=_jsonable) + "\n")
+            self.stream.flush()
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def stats_specs(input_dim: int) -> tuple[TensorSpec, ...]:
+    return (TensorSpec("mean", (input_dim,)), TensorSpec("sqmean", (input_dim,)))
+
+
+@dataclass
+class _History:
+    rejected: dict[str, int] = field(default_factory=dict)
+    done_delivered: set[str] = field(default_factory=set)
+
+
+class Aggregator:
+    def __init__(self, cfg: AggregatorConfig, events: EventSink, incarnation: int = 0) -> None:
+        self.cfg = cfg
+        self.job = cfg.job
+        self.spec = cfg.job.spec
+        self.events = events
+        self.incarnation = incarnation
+        self.signer = Signer(cfg.pki.id_key.read_bytes(), cfg.pki.id_cert.read_bytes())
+        self.verifier = Verifier(cfg.pki.ca_cert.read_bytes())
+        self.replay = ReplayGuard()
+        self.cond = threading.Condition()
+        self.metrics = AggregatorMetrics(self.job.metadata.name)
+        self.store = CheckpointStore(cfg.state_dir)
+        self.audit = AuditLog(cfg.state_dir / "audit.jsonl")
+        self.mode = mode_for(self.spec.secure_aggregation)
+        self.holdout = load_holdout(self.job)
+        self.history = _History()
+        self._accepted_this_round = 0
+
+        m = self.spec.model
+        self.model = tmodels.build_model(
+            m.kind, input_dim=m.input_dim, num_classes=m.num_classes, hidden=m.hidden,
+            factory=m.factory, params=m.params, seed=m.seed,
+        )
+        latest = self.store.latest()
+        saved = self.store.load_engine() or {}
+        if latest is None:
+            initial = tmodels.state_to_numpy(self.model)
+            latest = self.store.commit(
+                initial, {"round": -1 if self.spec.task.standardize else 0, "round_id": 0, "kind": "initial", "metrics": {}}
+            )
+        self.state_tensors: Tensors = latest.load_model()
+        tmodels.load_numpy_state(self.model, self.state_tensors)
+        self.version = latest.version
+        self._model_bytes = wire_tensors.encode(self.state_tensors)
+        self.history.rejected = {k: int(v) for k, v in saved.get("rejected", {}).items()}
+        state = eng.EngineState(
+            next_round=latest.round + 1,
+            last_round_id=int(saved.get("last_round_id", 0)),
+            attempts_total=int(saved.get("attempts_total", 0)),
+            status=saved.get("status", eng.RUNNING),
+            reason=saved.get("reason", ""),
+        )
+        if state.next_round > self.spec.rounds and state.status == eng.RUNNING:
+            state.status, state.reason = eng.SUCCEEDED, f"trained {self.spec.rounds} rounds"
+        self.engine = eng.RoundEngine(
+            eng.EngineConfig(
+                job_uid=cfg.job_uid,
+                sites=tuple(sorted(cfg.sites)),
+                rounds=self.spec.rounds,
+                standardize=self.spec.task.standardize,
+                quorum=cfg.quorum,
+                round_timeout_s=self.spec.quorum.round_timeout_seconds,
+                join_timeout_s=self.spec.quorum.join_timeout_seconds,
+                max_retries=self.spec.quorum.max_retries,
+                model_specs=wire_tensors.specs_of(self.state_tensors),
+                stats_specs=stats_specs(m.input_dim),
+            ),
+            self.mode,
+            state,
+            now=time.monotonic(),
+        )
+        self._apply_rollback_request()
+        self.audit.append(
+            "aggregator-started", sync=True, incarnation=incarnation, model_version=self.version,
+            next_round=state.next_round, last_round_id=state.last_round_id, mode=self.mode.info.name,
+        )
+        self.metrics.model_version.labels(self.metrics.job).set(self.version)
+
+    # -- rollback ---------------------------------------------------------------------------------
+
+    def _apply_rollback_request(self) -> None:
+        """Honour ``spec.rollback.toRound`` once per requested round (a GitOps commit asks for it)."""
+        rb = self.spec.rollback
+        if rb is None or not self.engine.state.status == eng.RUNNING:
+            return
+        latest = self.store.latest()
+        assert latest is not None
+        if latest.meta.get("kind") == "rollback" and latest.round == rb.to_round:
+            return  # already applied
+        if any(self.store.get(v).meta.get("rollback_request") == rb.to_round for v in self.store.versions()):
+            return
+        self.rollback(rb.to_round, reason="spec.rollback.toRound", request=rb.to_round)
+
+    def rollback(self, to_round: int, reason: str, request: int | None = None) -> None:
+        extra = {"rollback_request": request} if request is not None else {}
+        cp = self.store.rollback(to_round, reason, extra)
+        self.state_tensors = cp.load_model()
+        tmodels.load_numpy_state(self.model, self.state_tensors)
+        self.version = cp.version
+        self._model_bytes = wire_tensors.encode(self.state_tensors)
+        self.engine.state.next_round = to_round + 1
+        self.engine.state.attempt = 0
+        self._save_engine()
+        self.audit.append("rollback", sync=True, to_round=to_round, new_version=cp.version, reason=reason)
+        self.events.emit("rollback", to_round=to_round, version=cp.version)
+
+    # -- message handling -------------------------------------------------------------------------
+
+    def exchange(self, raw: bytes, peer_names: frozenset[str]) -> bytes:
+        now_ms = int(time.time() * 1000)
+        sender, phase, nonce, round_id = "", "", b"", 0
+        try:
+            env = pb.Envelope()
+            if len(raw) > self.spec.max_message_bytes:
+                raise Rejected("oversized", f"message of {len(raw)} bytes exceeds the limit of {self.spec.max_message_bytes}")
+            try:
+                env.ParseFromString(raw)
+            except DecodeError:
+                raise Rejected("malformed", "not a fedsec envelope") from None
+            opened = open_envelope(
+                env, self.verifier, job_uid=self.cfg.job_uid, key_epochs=frozenset({KEY_EPOCH}),
+                recipient=AGGREGATOR, replay=self.replay, now_ms=now_ms, max_bytes=self.spec.max_message_bytes,
+            )
+            sender, phase, nonce = opened.header.sender, opened.header.phase, opened.header.nonce
+            round_id = opened.header.round_id
+            if sender not in peer_names:
+                raise Rejected("peer-mismatch", f"signed by {sender!r} but the TLS peer is {sorted(peer_names)}")
+            reply = self._dispatch(sender, opened.header, opened.body)
+        except Rejected as rej:
+            reply = self._rejected(rej, sender, round_id, phase)
+        except Exception:
+            # A bug, not bad input (bad input raises Rejected). The engine may be ahead of what is on
+            # disk, so do not serve on: die, and let the restart resume from the last commit.
+            log.exception("internal error while handling a message from %s; exiting to resume from disk", sender)
+            logging.shutdown()
+            os._exit(exitcodes.INTERNAL_ERROR)
+        with self.cond:
+            current = self.engine.current_round_id
+        env_out = seal(self.signer, reply, job_uid=self.cfg.job_uid, round_id=current, phase=phase,
+                       recipient=sender, in_reply_to=nonce)
+        return env_out.SerializeToString()
+
+    def _rejected(self, rej: Rejected, sender: str, round_id: int, phase: str) -> pb.Ack:
+        with self.cond:
+            self.history.rejected[rej.reason] = self.history.rejected.get(rej.reason, 0) + 1
+        self.metrics.rejected.labels(self.metrics.job, rej.reason).inc()
+        if rej.reason in ("invalid-update", "duplicate", "stale-round", "wrong-phase", "not-participant"):
+            self.metrics.updates.labels(self.metrics.job, "rejected").inc()
+        self.audit.append("message-rejected", reason=rej.reason, detail=rej.detail[:500], sender=sender,
+                          round_id=round_id, phase=phase)
+        log.warning("rejected message from %s: %s: %s", sender or "(unauthenticated)", rej.reason, rej.detail)
+        return pb.Ack(accepted=False, reason=rej.reason, detail=rej.detail)
+
+    def _dispatch(self, sender: str, header: pb.Header, body: Any) -> pb.Reply | pb.Ack:
+        with self.cond:
+            if isinstance(body, pb.Join):
+                self._apply(self.engine.seen(sender, time.monotonic()))
+                self.audit.append("site-joined", site=sender, samples=int(body.num_samples))
+                self.cond.notify_all()
+                return pb.Ack(accepted=True)
+            if isinstance(body, pb.Poll):
+                return self._long_poll(sender, body)
+            if isinstance(body, pb.Contribution):
+                return self._contribution(sender, header, body)
+        raise Rejected("malformed", f"{header.body_type} is not something a client sends")
+
+    def _long_poll(self, sender: str, body: pb.Poll) -> pb.Reply:
+        deadline = time.monotonic() + LONG_POLL_SECONDS
+        while True:
+            result, effects = self.engine.poll(sender, body.last_round_id, time.monotonic())
+            self._apply(effects)
+            if isinstance(result, eng.TaskView):
+                return pb.Reply(task=self._task(result))
+            if isinstance(result, eng.DoneView):
+                self.history.done_delivered.add(sender)
+                self.cond.notify_all()
+                return pb.Reply(done=pb.Done(status=result.status, reason=result.reason))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return pb.Reply(wait=pb.Wait(reason=result.reason, retry_after_ms=0))
+            self.cond.wait(remaining)
+
+    def _task(self, t: eng.TaskView) -> pb.Task:
+        return pb.Task(
+            round_id=t.round_id, round_number=t.round_number, kind=t.kind, phase=t.phase,
+            model=self._model_bytes if t.first_phase else b"", request=t.request, round_seed=t.seed,
+            participants=list(t.participants), min_survivors=t.min_survivors, model_version=self.version,
+        )
+
+    def _contribution(self, sender: str, header: pb.Header, body: pb.Contribution) -> pb.Ack:
+        metrics = {k: float(v) for k, v in body.metrics.items() if np.isfinite(v)}
+        effects = self.engine.contribute(
+            sender, header.round_id, header.phase, body.response, metrics, body.withdraw, time.monotonic()
+        )
+        outcome = "withdrawn" if body.withdraw else "accepted"
+        self.metrics.updates.labels(self.metrics.job, outcome).inc()
+        self.audit.append(f"update-{outcome}", site=sender, round_id=header.round_id, phase=header.phase,
+                          bytes=len(body.response))
+        self._accepted_this_round += 0 if body.withdraw else 1
+        self.events.emit("answer", site=sender, round_id=header.round_id, phase=header.phase, outcome=outcome)
+        self._maybe_inject_crash()
+        self._apply(effects)
+        self.cond.notify_all()
+        return pb.Ack(accepted=True)
+
+    def _maybe_inject_crash(self) -> None:
+        if self.incarnation > 0:
+            return  # an injected crash happens once; the restarted aggregator must survive
+        number = self.engine.state.next_round
+        for f in self.cfg.faults:
+            if f.kind == "aggregator-crash" and f.round == number and self._accepted_this_round >= f.after_updates:
+                log.error("injected fault: aggregator crashes in round %d after %d answers", number, self._accepted_this_round)
+                self.audit.close()
+                os._exit(exitcodes.INJECTED_CRASH)
+
+    # -- effects ----------------------------------------------------------------------------------
+
+    def _apply(self, effects: list[eng.Effect]) -> None:
+        for e in effects:
+            if isinstance(e, eng.RoundStarted):
+                self._save_engine()  # the round id must be on disk before any task carries it
+                self._accepted_this_round = 0
+                self.metrics.participants.labels(self.metrics.job).set(len(e.participants))
+                self.audit.append("round-started", round=e.round_number, round_id=e.round_id, kind=e.kind,
+                                  attempt=e.attempt, participants=list(e.participants))
+                self.events.emit("round_started", round=e.round_number, round_id=e.round_id, kind=e.kind,
+                                 attempt=e.attempt, participants=list(e.participants), rounds=self.spec.rounds)
+            elif isinstance(e, eng.RoundCommitted):
+                self._commit(e)
+            elif isinstance(e, eng.RoundDiscarded):
+                self.metrics.rounds.labels(self.metrics.job, "discarded").inc()
+                self._save_engine()
+                self.audit.append("round-discarded", sync=True, round=e.round_number, round_id=e.round_id,
+                                  attempt=e.attempt, reason=e.reason)
+                self.events.emit("round_discarded", round=e.round_number, round_id=e.round_id, attempt=e.attempt,
+                                 reason=e.reason)
+                log.warning("round %d attempt %d discarded: %s", e.round_number, e.attempt, e.reason)
+            elif isinstance(e, eng.JobFinished):
+                self._save_engine()
+                self.audit.append("job-finished", sync=True, status=e.status, reason=e.reason)
+                self._write_outputs()
+                self.events.emit("job_finished", status=e.status, reason=e.reason)
+                log.info("job %s: %s", e.status, e.reason)
+            self.cond.notify_all()
+
+    def _commit(self, e: eng.RoundCommitted) -> None:
+        agg = e.aggregate
+        if e.kind == eng.STATS:
+            tmodels.set_standardization(self.model, agg.mean_delta["mean"], agg.mean_delta["sqmean"])
+            self.state_tensors = tmodels.state_to_numpy(self.model)
+        else:
+            self.state_tensors = {k: v + agg.mean_delta[k] for k, v in self.state_tensors.items()}
+            tmodels.load_numpy_state(self.model, self.state_tensors)
+        holdout = evaluate(self.model, self.holdout) if self.holdout is not None else {}
+        holdout = {k: float(v) for k, v in holdout.items() if np.isfinite(v)}
+        site_metrics = _weighted_site_metrics(e.site_metrics)
+        cp = self.store.commit(
+            self.state_tensors,
+            {
+                "round": e.round_number, "round_id": e.round_id, "kind": e.kind,
+                "participants": list(e.participants), "contributors": list(agg.contributors),
+                "total_weight": agg.total_weight, "metrics": holdout, "site_metrics": site_metrics,
+                "seconds": round(e.seconds, 3), "audit_head": self.audit.head, "committed_at": time.time(),
+            },
+        )
+        self.version = cp.version
+        self._model_bytes = wire_tensors.encode(self.state_tensors)
+        self._save_engine()
+        self.store.prune(self.spec.checkpoints.keep)
+        self.audit.append("round-committed", sync=True, round=e.round_number, round_id=e.round_id, kind=e.kind,
+                          version=cp.version, contributors=list(agg.contributors), model_sha256=cp.meta["model_sha256"],
+                          metrics=holdout)
+        self.metrics.rounds.labels(self.metrics.job, "committed").inc()
+        self.metrics.round_seconds.labels(self.metrics.job).observe(e.seconds)
+        self.metrics.contributors.labels(self.metrics.job).set(len(agg.contributors))
+        self.metrics.current_round.labels(self.metrics.job).set(e.round_number)
+        self.metrics.model_version.labels(self.metrics.job).set(cp.version)
+        for k, v in holdout.items():
+            self.metrics.metric.labels(self.metrics.job, k).set(v)
+        self.events.emit("round_committed", round=e.round_number, round_id=e.round_id, kind=e.kind, version=cp.version,
+                         contributors=len(agg.contributors), participants=len(e.participants), metrics=holdout,
+                         site_metrics=site_metrics, seconds=e.seconds, rounds=self.spec.rounds)
+
+    def _save_engine(self) -> None:
+        s = self.engine.state
+        self.store.save_engine({
+            "last_round_id": s.last_round_id, "attempts_total": s.attempts_total, "status": s.status,
+            "reason": s.reason, "rejected": self.history.rejected, "job_uid": self.cfg.job_uid,
+        })
+
+    def _write_outputs(self) -> None:
+        summary = write_summary(self)
+        try:
+            write_plot(summary, self.cfg.state_dir / "metrics.png")
+        except Exception as exc:  # a plot must never turn a finished job into a crash
+            log.warning("could not draw the metrics plot: %s", exc)
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    def tick_forever(self, stop: threading.Event) -> None:
+        """Wake at the engine's deadlines; once the job ends, linger until every live site knows."""
+        linger_until: float | None = None
+        with self.cond:
+            while True:
+                now = time.monotonic()
+                self._apply(self.engine.tick(now))
+                if self.engine.finished:
+                    linger_until = linger_until or now + self.cfg.linger_seconds
+                    if self._everyone_told() or now >= linger_until:
+                        break
+                    self.cond.wait(linger_until - now)
+                    continue
+                nxt = self.engine.next_deadline(now)
+                self.cond.wait(None if nxt is None else max(0.0, nxt - now))
+        stop.set()
+
+    def _everyone_told(self) -> bool:
+        return self.engine.live_sites <= self.history.done_delivered
+
+    def exit_code(self) -> int:
+        return exitcodes.OK if self.engine.state.status == eng.SUCCEEDED else exitcodes.JOB_FAILED
+
+
+def _weighted_site_metrics(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean of the sites' validation metrics, weighted by their validation sample counts."""
+    total = sum(m.get("samples", 0.0) for m in per_site.values())
+    if total <= 0:
+        return {}
+    keys = {k for m in per_site.values() for k in m if k != "samples"}
+    out = {}
+    for k in sorted(keys):
+        pairs = [(m[k], m.get("samples", 0.0)) for m in per_site.values() if k in m]
+        w = sum(s for _, s in pairs)
+        if w > 0:
+            out[k] = sum(v * s for v, s in pairs) / w
+    return out
+
+
+def _peer_names(context: grpc.ServicerContext) -> frozenset[str]:
+    auth = context.auth_context()
+    return frozenset(v.decode() for v in auth.get("x509_common_name", []))
+
+
+def serve(cfg: AggregatorConfig, events: EventSink, incarnation: int = 0) -> int:
+    agg = Aggregator(cfg, events, incarnation)
+    n_workers = len(cfg.sites) + 8  # every live site may hold one long poll
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="rpc"),
+        options=[
+            ("grpc.max_receive_message_length", 2 * cfg.job.spec.max_message_bytes),
+            ("grpc.max_send_message_length", 2 * cfg.job.spec.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+
+    def handle(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return agg.exchange(request, _peer_names(context))
+
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, {"Exchange": grpc.unary_unary_rpc_method_handler(handle)}),)
+    )
+    creds = grpc.ssl_server_credentials(
+        [(cfg.pki.tls_key.read_bytes(), cfg.pki.tls_cert.read_bytes())],
+        root_certificates=cfg.pki.ca_cert.read_bytes(),
+        require_client_auth=True,
+    )
+    port = server.add_secure_port(cfg.listen, creds)
+    if port == 0:
+        log.error("cannot listen on %s (address in use?)", cfg.listen)
+        return exitcodes.CONFIG_ERROR
+    metrics_port = agg.metrics.serve(*_split_port(cfg.metrics_listen)) if cfg.metrics_listen else None
+    server.start()
+    events.emit("listening", port=port, metrics_port=metrics_port, pid=os.getpid())
+    log.info("aggregator for %s listening on port %d (metrics on %s)", cfg.job.metadata.name, port, metrics_port)
+    stop = threading.Event()
+    ticker = threading.Thread(target=agg.tick_forever, args=(stop,), name="ticker", daemon=True)
+    ticker.start()
+    stop.wait()
+    server.stop(grace=2.0).wait()
+    agg.audit.close()
+    return agg.exit_code()
+
+
+def _split_port(listen: str) -> tuple[int, str]:
+    host, _, port = listen.rpartition(":")
+    return int(port), host or "127.0.0.1"
+
+
+def main(config_path: Path, incarnation: int, listen: str | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = AggregatorConfig.model_validate_json(config_path.read_text())
+    if listen:
+        cfg = cfg.model_copy(update={"listen": listen})
+    return serve(cfg, EventSink(sys.stdout), incarnation)
+
+
+__all__ = ["Aggregator", "EventSink", "serve", "main", "REASONS"]

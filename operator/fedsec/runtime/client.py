@@ -1,0 +1,237 @@
+"""The client process of one site: poll the aggregator, train locally, answer each phase.
+
+The site's data never leaves this process; only what the aggregation protocol answers does (in
+plaintext mode the update itself, under secure aggregation a masked one) and the global model's
+metrics on the site's validation split. Every reply from the aggregator is checked like every
+request is on the other side: CA-issued signer named ``aggregator``, this job, and an answer to
+the request just sent (``in_reply_to``), so an old reply cannot be replayed at us.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+from fedsec.aggregation.base import ClientProtocol, ClientUpdate, PeerIdentity, ProtocolRejection, RoundContext
+from fedsec.aggregation.registry import mode_for
+from fedsec.crypto.pki import AGGREGATOR
+from fedsec.crypto.signing import Signer, Verifier
+from fedsec.protocol.engine import STATS
+from fedsec.protocol.rejections import Rejected
+from fedsec.runtime import exitcodes
+from fedsec.runtime.aggregator import KEY_EPOCH, METHOD, stats_specs
+from fedsec.runtime.config import ClientConfig
+from fedsec.runtime.datasets import load_site_data
+from fedsec.training import data as tdata
+from fedsec.training import models as tmodels
+from fedsec.training.local import TrainConfig, evaluate, feature_stats, model_delta, train_local
+from fedsec.wire import tensors as wire_tensors
+from fedsec.wire.envelope import open_envelope, seal
+from fedsec.wire.proto import round_pb2 as pb
+
+log = logging.getLogger("fedsec.client")
+CALL_TIMEOUT_SECONDS = 60.0  # above the aggregator's long poll
+
+
+class AggregatorUnreachable(RuntimeError):
+    pass
+
+
+@dataclass
+class _Round:
+    round_id: int
+    protocol: ClientProtocol | None  # None: we cannot take part (e.g. restarted after its first phase)
+
+
+class SiteClient:
+    def __init__(self, cfg: ClientConfig, incarnation: int = 0) -> None:
+        self.cfg = cfg
+        self.name = cfg.site.metadata.name
+        self.incarnation = incarnation
+        spec = cfg.job.spec
+        self.signer = Signer(cfg.pki.id_key.read_bytes(), cfg.pki.id_cert.read_bytes())
+        if self.signer.name != self.name:
+            raise ValueError(f"identity certificate is for {self.signer.name!r}, not this site {self.name!r}")
+        self.verifier = Verifier(cfg.pki.ca_cert.read_bytes())
+        self.mode = mode_for(spec.secure_aggregation)
+        table = load_site_data(cfg.job, cfg.site)
+        self.train, self.val = tdata.train_validation_split(table, spec.task.validation_fraction, seed=spec.model.seed)
+        m = spec.model
+        self.model = tmodels.build_model(
+            m.kind, input_dim=m.input_dim, num_classes=m.num_classes, hidden=m.hidden,
+            factory=m.factory, params=m.params, seed=m.seed,
+        )
+        t = spec.task
+        self.train_config = TrainConfig(
+            epochs=t.local_epochs, batch_size=t.batch_size, optimizer=t.optimizer, learning_rate=t.learning_rate,
+            momentum=t.momentum, weight_decay=t.weight_decay, seed=m.seed,
+        )
+        self.identity = PeerIdentity(self.name, self.signer.cert_der, self.signer.sign, self.verifier.verify_peer)
+        self.channel = grpc.secure_channel(
+            cfg.aggregator,
+            grpc.ssl_channel_credentials(
+                root_certificates=cfg.pki.ca_cert.read_bytes(),
+                private_key=cfg.pki.tls_key.read_bytes(),
+                certificate_chain=cfg.pki.tls_cert.read_bytes(),
+            ),
+            options=[
+                ("grpc.ssl_target_name_override", cfg.server_name),
+                ("grpc.max_receive_message_length", 2 * spec.max_message_bytes),
+                ("grpc.max_send_message_length", 2 * spec.max_message_bytes),
+            ],
+        )
+        self._exchange = self.channel.unary_unary(METHOD)
+        self._round: _Round | None = None
+        self._last_round_id = 0
+        self._unreachable_since: float | None = None
+
+    # -- transport --------------------------------------------------------------------------------
+
+    def call(self, body: pb.Join | pb.Poll | pb.Contribution, round_id: int = 0, phase: str = "") -> pb.Reply | pb.Ack:
+        env = seal(self.signer, body, job_uid=self.cfg.job_uid, round_id=round_id, phase=phase, recipient=AGGREGATOR)
+        while True:
+            try:
+                raw = self._exchange(env.SerializeToString(), timeout=CALL_TIMEOUT_SECONDS, wait_for_ready=True)
+                self._unreachable_since = None
+                break
+            except grpc.RpcError as err:
+                code = err.code()  # type: ignore[attr-defined]
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise
+                now = time.monotonic()
+                self._unreachable_since = self._unreachable_since or now
+                if now - self._unreachable_since > self.cfg.give_up_seconds:
+                    raise AggregatorUnreachable(
+                        f"aggregator at {self.cfg.aggregator} unreachable for {self.cfg.give_up_seconds:g}s ({code.name})"
+                    ) from None
+                # wait_for_ready already waited for the channel; a fresh nonce keeps the retry valid
+                env = seal(self.signer, body, job_uid=self.cfg.job_uid, round_id=round_id, phase=phase, recipient=AGGREGATOR)
+        header = pb.Header()
+        header.ParseFromString(env.header)
+        reply_env = pb.Envelope()
+        reply_env.ParseFromString(raw)
+        opened = open_envelope(
+            reply_env, self.verifier, job_uid=self.cfg.job_uid, key_epochs=frozenset({KEY_EPOCH}),
+            recipient=self.name, replay=None, now_ms=int(time.time() * 1000), max_bytes=2 * self.cfg.job.spec.max_message_bytes,
+        )
+        if opened.sender.name != AGGREGATOR:
+            raise Rejected("forged-sender", f"reply signed by {opened.sender.name!r}, not the aggregator")
+        if opened.header.in_reply_to != header.nonce:
+            raise Rejected("replay", "reply does not answer the request just sent")
+        return opened.body  # type: ignore[return-value]
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        ack = self.call(pb.Join(client_version="fedsec/0.1", num_samples=len(self.train)))
+        if isinstance(ack, pb.Ack) and not ack.accepted:
+            log.error("the aggregator refused %s: %s: %s", self.name, ack.reason, ack.detail)
+            return exitcodes.CONFIG_ERROR
+        log.info("%s joined with %d training and %d validation rows", self.name, len(self.train), len(self.val))
+        while True:
+            reply = self.call(pb.Poll(last_round_id=self._last_round_id))
+            if isinstance(reply, pb.Ack):  # our poll was refused
+                log.warning("poll refused: %s: %s", reply.reason, reply.detail)
+                if reply.reason in ("unknown-sender", "wrong-job", "peer-mismatch"):
+                    return exitcodes.CONFIG_ERROR
+                continue
+            which = reply.WhichOneof("kind")
+            if which == "done":
+                log.info("job finished: %s (%s)", reply.done.status, reply.done.reason)
+                return exitcodes.OK
+            if which == "wait":
+                if reply.wait.retry_after_ms:
+                    time.sleep(reply.wait.retry_after_ms / 1000)  # the server asked for this pause
+                continue
+            self._handle_task(reply.task)
+
+    def _handle_task(self, task: pb.Task) -> None:
+        self._fault("train", task.round_number, before=True)
+        if self._round is None or self._round.round_id != task.round_id:
+            self._round = _Round(task.round_id, self._start_round(task) if task.model else None)
+        if self._round.protocol is None:
+            log.info("round %d: cannot take part in phase %s (no state for it); withdrawing", task.round_number, task.phase)
+            ack = self.call(pb.Contribution(withdraw=True), task.round_id, task.phase)
+            return
+        metrics = self._metrics if task.model else {}
+        try:
+            response = self._round.protocol.respond(task.phase, task.request)
+        except ProtocolRejection as exc:
+            log.error("round %d phase %s: the aggregator's request is invalid: %s; withdrawing", task.round_number, task.phase, exc)
+            self.call(pb.Contribution(withdraw=True), task.round_id, task.phase)
+            return
+        self._slow(task.round_number)
+        ack = self.call(pb.Contribution(response=response, metrics=metrics), task.round_id, task.phase)
+        if isinstance(ack, pb.Ack) and not ack.accepted:
+            log.warning("round %d phase %s: answer refused: %s: %s", task.round_number, task.phase, ack.reason, ack.detail)
+            if ack.reason == "stale-round":
+                self._round = None
+        self._last_round_id = task.round_id
+        self._fault(task.phase, task.round_number, before=False)
+
+    def _start_round(self, task: pb.Task) -> ClientProtocol:
+        """Receive the global model, evaluate it, train (or measure features), and set up the protocol."""
+        started = time.monotonic()
+        specs = tuple(wire_tensors.specs_of(tmodels.state_to_numpy(self.model)))
+        if task.kind == STATS:
+            stats = feature_stats(self.train)
+            update = ClientUpdate({"mean": stats["mean"], "sqmean": stats["sqmean"]}, float(len(self.train)))
+            specs = stats_specs(self.cfg.job.spec.model.input_dim)
+            self._metrics: dict[str, float] = {}
+        else:
+            global_state = wire_tensors.decode(task.model, specs)
+            tmodels.load_numpy_state(self.model, global_state)
+            self._metrics = {k: float(v) for k, v in evaluate(self.model, self.val).items() if np.isfinite(v)} if len(self.val) else {}
+            n = train_local(self.model, self.train, self.train_config)
+            update = ClientUpdate(model_delta(tmodels.state_to_numpy(self.model), global_state), float(n))
+        ctx = RoundContext(
+            job_uid=self.cfg.job_uid, round_id=task.round_id, participants=tuple(task.participants),
+            min_survivors=task.min_survivors, tensor_specs=specs, seed=task.round_seed,
+        )
+        log.info("round %d (%s): prepared update in %.2fs", task.round_number, task.kind, time.monotonic() - started)
+        return self.mode.client(ctx, self.identity, update)
+
+    # -- scenario faults --------------------------------------------------------------------------
+
+    def _fault(self, phase: str, round_number: int, before: bool) -> None:
+        for f in self.cfg.faults:
+            if f.round != round_number or f.phase != phase or f.kind not in ("drop", "crash"):
+                continue
+            if f.kind == "crash" and self.incarnation > 0:
+                continue  # crash once; the restarted process carries on
+            log.error("injected fault: %s %s in round %d, phase %s", self.name, f.kind, round_number, phase)
+            logging.shutdown()
+            os._exit(exitcodes.INJECTED_DROP if f.kind == "drop" else exitcodes.INJECTED_CRASH)
+
+    def _slow(self, round_number: int) -> None:
+        for f in self.cfg.faults:
+            if f.kind == "slow" and f.round in (None, round_number):
+                log.warning("injected fault: answering round %d %.1fs late", round_number, f.delay_seconds)
+                time.sleep(f.delay_seconds)  # the fault *is* the delay
+
+
+def main(config_path: Path, incarnation: int) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(1)  # many sites share few cores; one thread each avoids oversubscription
+    cfg = ClientConfig.model_validate_json(config_path.read_text())
+    try:
+        client = SiteClient(cfg, incarnation)
+    except (tdata.DataError, tmodels.ModelError, ValueError) as exc:
+        log.error("site %s cannot start: %s", cfg.site.metadata.name, exc)
+        return exitcodes.CONFIG_ERROR
+    try:
+        return client.run()
+    except AggregatorUnreachable as exc:
+        log.error("%s", exc)
+        return exitcodes.JOB_FAILED
+    except Rejected as exc:
+        log.error("reply from the aggregator refused: %s", exc)
+        return exitcodes.JOB_FAILED

@@ -1,0 +1,68 @@
+"""What an aggregator or client process is started with: one JSON file each.
+
+The local runner writes these into the run directory; the operator will render the same shape from
+Secrets and ConfigMaps. Paths are to PEM files; private keys are only ever read from files, never
+passed on a command line or in an environment variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fedsec.api.client import FederatedClient
+from fedsec.api.job import FederatedJob
+from fedsec.api.scenario import Fault
+
+
+class PkiPaths(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_cert: Path
+    tls_cert: Path
+    tls_key: Path
+    id_cert: Path
+    id_key: Path
+
+    @classmethod
+    def under(cls, ca_cert: Path, directory: Path) -> PkiPaths:
+        return cls(
+            ca_cert=ca_cert,
+            tls_cert=directory / "tls.crt",
+            tls_key=directory / "tls.key",
+            id_cert=directory / "id.crt",
+            id_key=directory / "id.key",
+        )
+
+
+class AggregatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job: FederatedJob
+    job_uid: str
+    sites: list[str] = Field(min_length=1)
+    quorum: int = Field(ge=1)
+    listen: str = "127.0.0.1:0"
+    metrics_listen: str | None = "127.0.0.1:0"
+    state_dir: Path
+    pki: PkiPaths
+    faults: list[Fault] = Field(default_factory=list)
+    linger_seconds: float = Field(15.0, ge=0.0, description="keep telling clients the outcome this long")
+
+
+class ClientConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job: FederatedJob
+    job_uid: str
+    site: FederatedClient
+    aggregator: str  # host:port
+    server_name: str = "aggregator"  # the name the aggregator's certificate must carry
+    pki: PkiPaths
+    faults: list[Fault] = Field(default_factory=list)
+    give_up_seconds: float = Field(600.0, gt=0.0, description="stop when the aggregator is unreachable this long")
+
+
+def load_config(path: Path, kind: type[BaseModel]) -> BaseModel:
+    return kind.model_validate_json(path.read_text())

@@ -1,0 +1,311 @@
+"""``fedsec run`` and ``fedsec simulate``: the same manifests, as local processes on loopback.
+
+The launcher plays the part the operator plays in a cluster, and nothing more: it plans the job,
+generates the job's PKI into the run directory (where the operator would write Secrets), writes
+each process its config, starts the aggregator and one client process per admitted site, and
+restarts crashed processes the way a Deployment and a Job would. It learns what happens from the
+aggregator's event stream and from process exits, both delivered to one queue: it never polls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from fedsec.api import loader
+from fedsec.api.errors import FieldError, ManifestError
+from fedsec.api.job import FederatedJob
+from fedsec.api.plan import JobPlan, plan_job
+from fedsec.api.scenario import Fault, Scenario
+from fedsec.crypto import pki
+from fedsec.runtime import exitcodes
+from fedsec.runtime.checkpoints import write_json_atomic
+from fedsec.runtime.config import AggregatorConfig, ClientConfig, PkiPaths
+from fedsec.runtime.progress import Display
+from fedsec.runtime.report import SUMMARY
+
+MAX_RESTARTS = 3  # like a Job's backoffLimit; a crash loop ends the run instead of spinning
+TERMINATE_GRACE_SECONDS = 10.0
+
+
+@dataclass
+class RunLayout:
+    run_dir: Path
+    job: FederatedJob
+    plan: JobPlan
+    job_uid: str
+    faults: list[Fault] = field(default_factory=list)
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.run_dir / "pki"
+
+    def pki_paths(self, name: str) -> PkiPaths:
+        return PkiPaths.under(self.pki_dir / "ca.crt", self.pki_dir / name)
+
+    @property
+    def aggregator_config(self) -> Path:
+        return self.run_dir / "aggregator.json"
+
+    def client_config(self, site: str) -> Path:
+        return self.run_dir / "sites" / site / "client.json"
+
+    def log_path(self, name: str) -> Path:
+        return self.run_dir / "logs" / f"{name}.log"
+
+
+def pick_job(manifests: loader.Manifests, job_name: str | None) -> FederatedJob:
+    jobs = manifests.jobs if job_name is None else [j for j in manifests.jobs if j.metadata.name == job_name]
+    if len(jobs) != 1:
+        names = ", ".join(j.metadata.name for j in manifests.jobs) or "none"
+        what = f"no FederatedJob named {job_name!r}" if job_name else f"{len(jobs)} FederatedJobs"
+        raise ManifestError([FieldError("", f"found {what} (jobs: {names}); name one with --job")])
+    return jobs[0]
+
+
+def prepare(manifests_dir: Path, run_dir: Path | None, job_name: str | None, faults: list[Fault]) -> RunLayout:
+    manifests = loader.load([manifests_dir])
+    job = pick_job(manifests, job_name)
+    plan = plan_job(job, manifests.clients)
+    _check_faults(faults, plan)
+    if run_dir is None:
+        run_dir = Path("runs") / f"{job.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = run_dir.resolve()
+    marker = run_dir / "run.json"
+    if marker.exists():  # resume: same job, same identities
+        info = json.loads(marker.read_text())
+        if info.get("job") != job.metadata.name:
+            raise ManifestError([FieldError("", f"{run_dir} holds a run of job {info.get('job')!r}, not {job.metadata.name!r}")])
+        job_uid = str(info["job_uid"])
+    else:
+        job_uid = job.metadata.uid or str(uuid.uuid4())
+        run_dir.mkdir(parents=True, exist_ok=True)
+        layout = RunLayout(run_dir, job, plan, job_uid, faults)
+        _generate_pki(layout)
+        write_json_atomic(marker, {"job": job.metadata.name, "job_uid": job_uid, "manifests": str(manifests_dir.resolve())})
+    return RunLayout(run_dir, job, plan, job_uid, faults)
+
+
+def _check_faults(faults: list[Fault], plan: JobPlan) -> None:
+    errors = [
+        FieldError(f"spec.faults[{i}].client", f"{f.client!r} is not an admitted site ({', '.join(plan.site_names)})")
+        for i, f in enumerate(faults)
+        if f.client is not None and f.client not in plan.site_names
+    ]
+    if errors:
+        raise ManifestError(errors)
+
+
+def _generate_pki(layout: RunLayout) -> None:
+    """The job CA and every participant's TLS and identity keys (what the operator puts in Secrets)."""
+    ca = pki.new_ca(layout.job.metadata.name)
+    pki.write_public(layout.pki_dir / "ca.crt", ca.cert_pem)
+    for name, hosts in [(pki.AGGREGATOR, ["localhost", "127.0.0.1"])] + [(s, []) for s in layout.plan.site_names]:
+        paths = layout.pki_paths(name)
+        tls, ident = pki.issue_tls(ca, name, hosts), pki.issue_signing(ca, name, epoch=0)
+        pki.write_private(paths.tls_key, tls.key_pem)
+        pki.write_public(paths.tls_cert, tls.cert_pem)
+        pki.write_private(paths.id_key, ident.key_pem)
+        pki.write_public(paths.id_cert, ident.cert_pem)
+    # The CA key signs nothing after this: it is not kept (rotation re-creates material, issue 6).
+
+
+def _write_configs(layout: RunLayout, port: int | None) -> None:
+    agg_faults = [f for f in layout.faults if f.kind == "aggregator-crash"]
+    cfg = AggregatorConfig(
+        job=layout.job, job_uid=layout.job_uid, sites=list(layout.plan.site_names), quorum=layout.plan.quorum,
+        state_dir=layout.run_dir, pki=layout.pki_paths(pki.AGGREGATOR), faults=agg_faults,
+    )
+    write_json_atomic(layout.aggregator_config, json.loads(cfg.model_dump_json(by_alias=True)))
+    if port is None:
+        return
+    for site in layout.plan.admitted:
+        name = site.metadata.name
+        ccfg = ClientConfig(
+            job=layout.job, job_uid=layout.job_uid, site=site, aggregator=f"127.0.0.1:{port}",
+            pki=layout.pki_paths(name), faults=[f for f in layout.faults if f.client == name],
+        )
+        write_json_atomic(layout.client_config(name), json.loads(ccfg.model_dump_json(by_alias=True)))
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    incarnation: int
+
+
+class Launcher:
+    def __init__(self, layout: RunLayout, display: Display) -> None:
+        self.layout = layout
+        self.display = display
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.procs: dict[str, _Proc] = {}
+        self.restarts: dict[str, int] = {}
+        self.exits: dict[str, list[int]] = {}
+        self.port: int | None = None
+        self.outcome: dict[str, Any] = {}
+
+    # -- processes --------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], incarnation: int, stdout_events: bool) -> None:
+        log_path = self.layout.log_path(name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_fh = open(log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        popen = subprocess.Popen(  # noqa: S603 - argv is ours, no shell
+            [sys.executable, "-m", "fedsec", *argv, "--incarnation", str(incarnation)],
+            stdout=subprocess.PIPE if stdout_events else log_fh,
+            stderr=log_fh,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the launcher, which stops them in order
+        )
+        log_fh.close()
+        self.procs[name] = _Proc(name, popen, incarnation)
+        if stdout_events:
+            assert popen.stdout is not None
+            threading.Thread(target=self._read_events, args=(popen.stdout,), daemon=True).start()
+        threading.Thread(target=self._wait_exit, args=(name, popen), daemon=True).start()
+
+    def _read_events(self, stream: IO[bytes]) -> None:
+        for line in stream:
+            try:
+                self.events.put(("event", json.loads(line)))
+            except ValueError:
+                continue  # not an event line; the aggregator logs to stderr
+
+    def _wait_exit(self, name: str, popen: subprocess.Popen[bytes]) -> None:
+        self.events.put(("exit", (name, popen.wait(), popen)))
+
+    def _start_aggregator(self, incarnation: int) -> None:
+        argv = ["aggregator", "--config", str(self.layout.aggregator_config)]
+        if self.port is not None:
+            argv += ["--listen", f"127.0.0.1:{self.port}"]
+        self._spawn("aggregator", argv, incarnation, stdout_events=True)
+
+    def _start_client(self, site: str, incarnation: int) -> None:
+        self._spawn(site, ["client", "--config", str(self.layout.client_config(site))], incarnation, stdout_events=False)
+
+    # -- supervision ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        _write_configs(self.layout, None)
+        self.display.start(self.layout)
+        self._start_aggregator(0)
+        try:
+            code = self._supervise()
+        except KeyboardInterrupt:
+            self.display.note("interrupted: stopping every process; the run directory can be resumed with --run-dir")
+            code = 130
+        finally:
+            self._stop_all()
+        return self._finish(code)
+
+    def _supervise(self) -> int:
+        while True:
+            kind, payload = self.events.get()
+            if kind == "event":
+                self._on_event(payload)
+                continue
+            name, code, popen = payload
+            if self.procs.get(name) is None or self.procs[name].popen is not popen:
+                continue  # an exit we already handled
+            self.exits.setdefault(name, []).append(code)
+            incarnation = self.procs.pop(name).incarnation
+            if name == "aggregator":
+                if code in (exitcodes.OK, exitcodes.JOB_FAILED, exitcodes.CONFIG_ERROR):
+                    return code
+                if self._may_restart(name):
+                    self.display.note(f"aggregator exited with code {code}; restarting it (it resumes from its last committed round)")
+                    self._start_aggregator(incarnation + 1)
+                    continue
+                self.display.note(f"aggregator crashed {MAX_RESTARTS + 1} times; giving up")
+                return exitcodes.JOB_FAILED
+            self._on_client_exit(name, code, incarnation)
+
+    def _on_client_exit(self, name: str, code: int, incarnation: int) -> None:
+        if code == exitcodes.OK:
+            return
+        if code == exitcodes.INJECTED_DROP:
+            self.display.note(f"{name} left the job (injected drop)")
+            return
+        if code == exitcodes.CONFIG_ERROR:
+            self.display.note(f"{name} cannot run (exit {code}); see {self.layout.log_path(name)}")
+            return
+        if self._may_restart(name):
+            self.display.note(f"{name} exited with code {code}; restarting it")
+            self._start_client(name, incarnation + 1)
+        else:
+            self.display.note(f"{name} failed {MAX_RESTARTS + 1} times; it stays down (see {self.layout.log_path(name)})")
+
+    def _may_restart(self, name: str) -> bool:
+        self.restarts[name] = self.restarts.get(name, 0) + 1
+        return self.restarts[name] <= MAX_RESTARTS
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        if ev.get("event") == "listening":
+            first = self.port is None
+            self.port = int(ev["port"])
+            self.outcome["metrics_port"] = ev.get("metrics_port")
+            if first:
+                _write_configs(self.layout, self.port)
+                for site in self.layout.plan.site_names:
+                    self._start_client(site, 0)
+        self.display.event(ev)
+
+    def _stop_all(self) -> None:
+        for proc in list(self.procs.values()):
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + TERMINATE_GRACE_SECONDS
+        for proc in list(self.procs.values()):
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+
+    def _finish(self, code: int) -> int:
+        summary_path = self.layout.run_dir / SUMMARY
+        summary: dict[str, Any] = {}
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            # The launcher adds what only it saw: how each process ended and how often it restarted.
+            for name, codes in self.exits.items():
+                entry = summary.get("clients", {}).get(name) if name != "aggregator" else summary.setdefault("aggregator", {})
+                if entry is not None:
+                    entry["exit_codes"] = codes
+                    entry["restarts"] = self.restarts.get(name, 0)
+            write_json_atomic(summary_path, summary)
+        self.display.finish(summary, summary_path if summary else None, self.layout.run_dir)
+        if not summary:
+            return code or exitcodes.JOB_FAILED
+        return exitcodes.OK if summary.get("status") == "Succeeded" and code == exitcodes.OK else (code or exitcodes.JOB_FAILED)
+
+
+def run(manifests_dir: Path, *, run_dir: Path | None = None, job_name: str | None = None,
+        faults: list[Fault] | None = None, display: Display) -> int:
+    layout = prepare(manifests_dir, run_dir, job_name, faults or [])
+    return Launcher(layout, display).run()
+
+
+def simulate(scenario_path: Path, *, run_dir: Path | None = None, display: Display) -> int:
+    manifests = loader.load([scenario_path])
+    if len(manifests.scenarios) != 1 or manifests.jobs or manifests.clients:
+        raise ManifestError([FieldError("kind", "a scenario file must hold exactly one Scenario and nothing else", source=str(scenario_path))])
+    scenario: Scenario = manifests.scenarios[0]
+    target = (scenario_path.parent / scenario.spec.manifests).resolve()
+    if not target.is_dir():
+        raise ManifestError([FieldError("spec.manifests", f"{target} is not a directory", source=str(scenario_path), obj=scenario.ref)])
+    return run(target, run_dir=run_dir, faults=list(scenario.spec.faults), display=display)

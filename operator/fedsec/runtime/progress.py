@@ -1,0 +1,106 @@
+"""What a person sees while a local run goes on: a bar per round and the current metrics.
+
+On a terminal, rich draws live bars (answers received of participants expected); elsewhere (CI,
+pipes) each round is one plain line, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from fedsec.runtime.local import RunLayout
+
+
+def _fmt_metrics(metrics: dict[str, float]) -> str:
+    return "  ".join(f"{k} {metrics[k]:.4f}" for k in ("auc", "accuracy", "loss") if k in metrics)
+
+
+class Display:
+    def __init__(self, console: Console | None = None, quiet: bool = False) -> None:
+        self.console = console or Console(stderr=True)
+        self.quiet = quiet
+        self.live = self.console.is_terminal and not quiet
+        self.progress: Progress | None = None
+        self._round_task: TaskID | None = None
+        self._rounds_task: TaskID | None = None
+        self._participants = 0
+
+    def start(self, layout: RunLayout) -> None:
+        job = layout.job
+        if not self.quiet:
+            self.console.print(
+                f"[bold]{job.metadata.name}[/]: {len(layout.plan.admitted)} sites, quorum {layout.plan.quorum}, "
+                f"{job.spec.rounds} rounds, secure aggregation: {job.spec.secure_aggregation.mode}"
+            )
+            self.console.print(f"run directory: {layout.run_dir}")
+        if self.live:
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=self.console, transient=False,
+            )
+            self.progress.start()
+            self._rounds_task = self.progress.add_task("rounds", total=job.spec.rounds)
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[yellow]{text}[/]")
+
+    def event(self, ev: dict[str, Any]) -> None:
+        kind = ev.get("event")
+        if kind == "round_started":
+            self._participants = len(ev["participants"])
+            label = "feature statistics" if ev["kind"] == "stats" else f"round {ev['round']}/{ev['rounds']}"
+            if ev.get("attempt", 1) > 1:
+                label += f" (attempt {ev['attempt']})"
+            if self.progress is not None:
+                if self._round_task is not None:
+                    self.progress.remove_task(self._round_task)
+                self._round_task = self.progress.add_task(label, total=self._participants)
+        elif kind == "answer" and self.progress is not None and self._round_task is not None:
+            self.progress.advance(self._round_task)
+        elif kind == "round_committed":
+            metrics = ev.get("metrics") or ev.get("site_metrics") or {}
+            if ev["kind"] == "stats":
+                line = f"feature statistics from {ev['contributors']} sites"
+            else:
+                line = f"round {ev['round']:>3}/{ev['rounds']}  {ev['contributors']}/{ev['participants']} sites  {_fmt_metrics(metrics)}  ({ev['seconds']:.2f}s)"
+            if self.progress is not None:
+                if ev["kind"] != "stats" and self._rounds_task is not None:
+                    self.progress.update(self._rounds_task, completed=ev["round"], description=f"rounds  {_fmt_metrics(metrics)}")
+                if self._round_task is not None:
+                    self.progress.remove_task(self._round_task)
+                    self._round_task = None
+            elif not self.quiet:
+                self.console.print(line)
+        elif kind == "round_discarded":
+            self.note(f"round {ev['round']} attempt {ev['attempt']} discarded: {ev['reason']}")
+        elif kind == "rollback":
+            self.note(f"rolled back to round {ev['to_round']} (model version {ev['version']})")
+        elif kind == "job_finished" and not self.quiet and self.progress is None:
+            self.console.print(f"job {ev['status']}: {ev['reason']}")
+
+    def finish(self, summary: dict[str, Any], summary_path: Path | None, run_dir: Path) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+        if summary and not self.quiet:
+            table = Table(show_header=False, box=None)
+            table.add_row("status", f"[{'green' if summary['status'] == 'Succeeded' else 'red'}]{summary['status']}[/]")
+            table.add_row("reason", summary.get("reason", ""))
+            table.add_row("rounds", f"{summary['rounds_completed']} of {summary['rounds_planned']} ({summary['round_attempts']} attempts)")
+            if summary.get("final_metrics"):
+                table.add_row("final", f"{_fmt_metrics(summary['final_metrics'])}  [{summary.get('final_metrics_source', '')}]")
+            if summary.get("rejected_messages"):
+                table.add_row("rejected", ", ".join(f"{k}: {v}" for k, v in summary["rejected_messages"].items()))
+            table.add_row("plot", summary["artifacts"]["plot"])
+            self.console.print(table)
+        if summary_path is not None:
+            print(f"summary: {summary_path}")  # stdout, last line: scripts read it
+        else:
+            self.console.print(f"[red]the job left no summary; logs are in {run_dir / 'logs'}[/]")
+            print(f"run directory: {run_dir}")
