@@ -24,7 +24,7 @@ import numpy as np
 from fedsec.aggregation.base import ClientProtocol, ClientUpdate, PeerIdentity, ProtocolRejection, RoundContext
 from fedsec.aggregation.secagg import phases as ph
 from fedsec.aggregation.secagg.config import RoundParams, SecAggConfig
-from fedsec.aggregation.secagg.graph import graph_seed, neighbour_graph
+from fedsec.aggregation.secagg.graph import graph_seed, neighbours_of
 from fedsec.crypto.secagg import aead, keys, shamir
 from fedsec.crypto.secagg.prg import expand
 from fedsec.wire.proto import secagg_pb2 as pb
@@ -46,7 +46,8 @@ def flatten(update: ClientUpdate, ctx: RoundContext) -> np.ndarray:
     extra = sorted(set(update.delta) - {s.name for s in ctx.tensor_specs})
     if extra:
         raise ValueError(f"update has tensors the model does not declare: {extra}")
-    flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    # One tensor: a view, no copy (the client holds its update until it has masked it).
+    flat = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros(0, np.float32)
     if not np.isfinite(flat).all():
         raise ValueError("update contains NaN or infinity")
     return flat
@@ -74,10 +75,9 @@ class SecAggClient(ClientProtocol):
         self._delta: np.ndarray | None = flatten(update, ctx)
         self._weight = float(update.weight)
         self._params = RoundParams.derive(config, len(ctx.participants), int(self._delta.size))
-        graph = neighbour_graph(
-            len(ctx.participants), self._params.degree, graph_seed(self._binding, ctx.seed)
+        self._neighbours = neighbours_of(
+            self._me, len(ctx.participants), self._params.degree, graph_seed(self._binding, ctx.seed)
         )
-        self._neighbours = graph[self._me]
         self._state = ph.ADVERTISE
         self.clipped = 0
         """Coordinates of the delta that ``clip_range`` cut (set once the masked input is built)."""

@@ -28,13 +28,22 @@ def graph_seed(binding: RoundBinding, round_seed: bytes) -> bytes:
 
 
 def permutation(n: int, seed: bytes) -> list[int]:
-    """Fisher-Yates over 64-bit PRG words (modulo bias below 2**-50 for any realistic n)."""
-    words = expand(seed, max(n, 1), np.uint64)
-    order = list(range(n))
-    for i in range(n - 1, 0, -1):
-        j = int(words[i]) % (i + 1)
-        order[i], order[j] = order[j], order[i]
-    return order
+    """Participants sorted by a 64-bit PRG key each: a uniform order up to key collisions (about
+    n**2 / 2**65), which the stable sort breaks by index so every side gets the same order."""
+    keys = expand(seed, max(n, 1), np.uint64)[:n]
+    return [int(i) for i in np.argsort(keys, kind="stable")]
+
+
+def neighbours_of(i: int, n: int, degree: int, seed: bytes) -> frozenset[int]:
+    """Open neighbourhood of participant ``i`` alone: what a client needs, in O(n) not O(n k)."""
+    if degree >= n - 1:
+        return frozenset(range(n)) - {i}
+    if degree < 2 or degree % 2:
+        raise ValueError(f"a sparse graph needs an even degree >= 2, got {degree}")
+    order = permutation(n, seed)
+    p = order.index(i)
+    half = degree // 2
+    return frozenset(order[(p + off) % n] for off in range(-half, half + 1) if off != 0)
 
 
 def neighbour_graph(n: int, degree: int, seed: bytes) -> tuple[frozenset[int], ...]:

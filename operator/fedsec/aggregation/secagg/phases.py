@@ -41,6 +41,33 @@ def ring_words(data: bytes, dtype: type[np.unsignedinteger], count: int) -> np.n
     return arr if sys.byteorder == "little" else arr.astype(dt)
 
 
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def repeated(field: int, blobs: list[bytes]) -> bytes:
+    """Protobuf encoding of a repeated message field from already serialized messages.
+
+    The server relays n * k small messages per phase; splicing their bytes (protobuf's wire
+    format is a concatenation of tagged fields) avoids rebuilding and reserializing each one.
+    """
+    tag = varint(field << 3 | 2)
+    return b"".join(tag + varint(len(b)) + b for b in blobs)
+
+
+def sealed(peer: int, ciphertext: bytes) -> bytes:
+    """A serialized SecAggSealedShares (field 1 varint, field 2 bytes)."""
+    return b"\x08" + varint(peer) + b"\x12" + varint(len(ciphertext)) + ciphertext
+
+
 def parse(factory: Callable[[], M], body: bytes, what: str) -> M:
     msg = factory()
     try:

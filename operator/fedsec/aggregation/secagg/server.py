@@ -69,10 +69,11 @@ class SecAggServer(ServerProtocol):
         self._answered: set[int] = set()
         self._requests: dict[int, bytes] = {}
         self._adverts: dict[int, pb.SecAggKeyAdvert] = {}
+        self._advert_blobs: dict[int, bytes] = {}  # serialized SecAggPeerAdvert, relayed k times
         self._u1: set[int] = set()
         self._u2: set[int] = set()
         self._u3: set[int] = set()
-        self._sealed: dict[int, dict[int, bytes]] = {}  # recipient -> sender -> ciphertext
+        self._sealed: dict[int, dict[int, bytes]] = {}  # recipient -> sender -> SecAggSealedShares
         self._sum = np.zeros(dim + 1, dtype=self._params.fixed.dtype)
         self._seed_points: dict[int, list[tuple[int, int]]] = {}
         self._key_points: dict[int, list[tuple[int, int]]] = {}
@@ -123,17 +124,15 @@ class SecAggServer(ServerProtocol):
                     clip_range=f.clip_range, weight_bound=p.weight_bound, dimension=p.dimension,
                 )
             ).SerializeToString()
-        if self._phase == ph.SHARE:
-            req = pb.SecAggShareRequest()
-            for v in sorted(self._graph[i] & self._u1):
-                req.peers.add(index=v, advert=self._adverts[v])
-            return req.SerializeToString()
-        if self._phase == ph.MASKED_INPUT:
-            masked_req = pb.SecAggMaskedInputRequest()
-            for v, ct in sorted(self._sealed.get(i, {}).items()):
-                if v in self._u2:
-                    masked_req.shares.add(peer=v, ciphertext=ct)
-            return masked_req.SerializeToString()
+        if self._phase == ph.SHARE:  # SecAggShareRequest.peers
+            peers = sorted(self._graph[i] & self._u1)
+            for v in peers:
+                if v not in self._advert_blobs:
+                    self._advert_blobs[v] = pb.SecAggPeerAdvert(index=v, advert=self._adverts[v]).SerializeToString()
+            return ph.repeated(1, [self._advert_blobs[v] for v in peers])
+        if self._phase == ph.MASKED_INPUT:  # SecAggMaskedInputRequest.shares
+            inbox = self._sealed.get(i, {})
+            return ph.repeated(1, [inbox[v] for v in sorted(inbox) if v in self._u2])
         nb = self._graph[i]
         return pb.SecAggUnmaskRequest(
             survivors=sorted(nb & self._u3), dropped=sorted(nb & (self._u2 - self._u3))
@@ -185,7 +184,7 @@ class SecAggServer(ServerProtocol):
                     "wrong_size", f"sealed shares for #{s.peer} are {len(s.ciphertext)} bytes, expected {_SEALED_BYTES}"
                 )
         for s in res.shares:
-            self._sealed.setdefault(s.peer, {})[i] = s.ciphertext
+            self._sealed.setdefault(s.peer, {})[i] = ph.sealed(i, s.ciphertext)
 
     def _take_masked(self, i: int, body: bytes) -> None:
         res = ph.parse(pb.SecAggMaskedInputResponse, body, "masked input")
@@ -233,7 +232,7 @@ class SecAggServer(ServerProtocol):
             self._u2 = self._enough(answered, "shared their secrets")
             return self._advance(ph.MASKED_INPUT, self._u2) if self._u2 else self._outcome_or_abort()
         if phase == ph.MASKED_INPUT:
-            self._sealed = {}
+            self._sealed, self._advert_blobs = {}, {}
             self._u3 = set(answered)
             if len(self._u3) < self._required:
                 return self._abort(

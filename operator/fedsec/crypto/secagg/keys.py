@@ -14,6 +14,7 @@ the pair, so one agreement never keys two things.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -42,6 +43,10 @@ class RoundBinding:
     round_id: int
 
     def encode(self) -> bytes:
+        return self._encoded
+
+    @functools.cached_property
+    def _encoded(self) -> bytes:  # asked for once per pair and per message: compute it once
         return _lp(self.job_uid.encode(), struct.pack(">Q", self.round_id))
 
 

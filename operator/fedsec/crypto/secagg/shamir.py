@@ -44,16 +44,29 @@ def split(secret: bytes, xs: Sequence[int], threshold: int) -> list[int]:
 
 @functools.lru_cache(maxsize=4096)
 def lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
-    """Coefficients l_i with f(0) = sum(l_i * f(x_i)); public, so cached per set of ``x``."""
+    """Coefficients l_i with f(0) = sum(l_i * f(x_i)); public, so cached per set of ``x``.
+
+    l_i = prod_{j != i} x_j / (x_j - x_i). The t denominators are inverted together with one
+    modular exponentiation (Montgomery's trick) instead of t of them.
+    """
     _check_xs(xs)
-    coeffs = []
+    nums, dens = [], []
     for i, xi in enumerate(xs):
         num, den = 1, 1
         for j, xj in enumerate(xs):
             if j != i:
                 num = num * xj % PRIME
                 den = den * (xj - xi) % PRIME
-        coeffs.append(num * pow(den, -1, PRIME) % PRIME)
+        nums.append(num)
+        dens.append(den)
+    prefix = [1]
+    for den in dens:
+        prefix.append(prefix[-1] * den % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    coeffs = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        coeffs[i] = nums[i] * inv * prefix[i] % PRIME  # inv is 1 / (dens[0] * ... * dens[i])
+        inv = inv * dens[i] % PRIME
     return tuple(coeffs)
 
 

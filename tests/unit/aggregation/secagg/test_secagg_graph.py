@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedsec.aggregation.secagg.graph import neighbour_graph
+from fedsec.aggregation.secagg.graph import neighbour_graph, neighbours_of
 
 
 def _connected(nodes: set[int], graph: tuple[frozenset[int], ...]) -> bool:
@@ -44,3 +44,11 @@ def test_graph_is_a_public_function_of_the_seed():
 def test_sparse_degree_must_be_even():
     with pytest.raises(ValueError, match="even"):
         neighbour_graph(10, 3, bytes(32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(3, 60), half=st.integers(1, 8), seed=st.binary(max_size=8))
+def test_a_client_computes_its_own_neighbourhood_as_the_server_does(n: int, half: int, seed: bytes) -> None:
+    s = hashlib.sha256(seed).digest()
+    g = neighbour_graph(n, 2 * half, s)
+    assert all(neighbours_of(i, n, 2 * half, s) == g[i] for i in range(n))
