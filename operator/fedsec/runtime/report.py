@@ -93,13 +93,13 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
         for source, style in (("metrics", "-"), ("site_metrics", "--")):
             ys = [h[source].get(key) for h in rows]
             if any(y is not None for y in ys):
-                name = f"{key} ({'holdout' if source == 'metrics' else 'sites'})"
+                name = f"{key} ({'holdout' if source == 'metrics' else 'sites, start of round'})"
                 ax_q.plot(x, [float("nan") if y is None else y for y in ys], style, color=color, marker="o", ms=3, label=name)
     for source, style in (("metrics", "-"), ("site_metrics", "--")):
         ys = [h[source].get("loss") for h in rows]
         if any(y is not None for y in ys):
             ax_l.plot(x, [float("nan") if y is None else y for y in ys], style, color="tab:red", marker="o", ms=3,
-                      label=f"loss ({'holdout' if source == 'metrics' else 'sites'})")
+                      label=f"loss ({'holdout' if source == 'metrics' else 'sites, start of round'})")
     for i, h in enumerate(rows, start=1):
         if h["kind"] == "rollback":
             for ax in (ax_q, ax_l):
