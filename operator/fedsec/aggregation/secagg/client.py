@@ -26,7 +26,7 @@ from fedsec.aggregation.secagg import phases as ph
 from fedsec.aggregation.secagg.config import RoundParams, SecAggConfig
 from fedsec.aggregation.secagg.graph import graph_seed, neighbours_of
 from fedsec.crypto.secagg import aead, keys, shamir
-from fedsec.crypto.secagg.prg import expand
+from fedsec.crypto.secagg.prg import Expander
 from fedsec.wire.proto import secagg_pb2 as pb
 
 _DONE = "done"
@@ -239,7 +239,8 @@ class SecAggClient(ClientProtocol):
         factor = min(self._weight, self._weight_bound) / self._weight_bound
         self.clipped = fixed.encode(self._delta, factor, vec[:d])
         vec[d] = fixed.encode_scalar(factor)
-        vec += expand(self._seed, d + 1, fixed.dtype)
+        mask = Expander(d + 1, fixed.dtype)
+        vec += mask(self._seed)
         for v in sorted(senders):
             try:
                 seed = self._mask.agree(
@@ -249,9 +250,9 @@ class SecAggClient(ClientProtocol):
                 raise ProtocolRejection("bad_key", f"mask key of participant #{v}: {exc}") from None
             # The lower index adds, the higher subtracts: the pair cancels in the sum.
             if self._me < v:
-                vec += expand(seed, d + 1, fixed.dtype)
+                vec += mask(seed)
             else:
-                vec -= expand(seed, d + 1, fixed.dtype)
+                vec -= mask(seed)
         self._held, self._senders = held, senders
         # Only shares are needed from here on; the update, the seed and the mask key are not.
         self._delta = None

@@ -71,8 +71,9 @@ class SecAggConfig:
     weight_bound: clients divide their weight (sample count) by this bound and cap the result at 1
         before masking it, so weights of any size fit the ring's headroom; a weight above the bound
         counts as the bound. The server publishes it per round (``SecAggMode.server(ctx,
-        weight_bound=...)``, e.g. the largest sample count the participants declared); this is the
-        default when it does not (2**20).
+        weight_bound=...)``, best the largest sample count the participants declared: precision is
+        lost in proportion to how far the weights sit below the bound); this is the default when
+        it does not (65536).
     """
 
     threshold: float | int = DEFAULT_THRESHOLD
@@ -82,7 +83,7 @@ class SecAggConfig:
     neighbours: int | Literal["auto", "complete"] = "auto"
     complete_graph_max: int = 32
     neighbourhood_threshold: Literal["majority", "proportional"] = "majority"
-    weight_bound: float = float(2**20)
+    weight_bound: float = float(2**16)
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that is wrong."""
@@ -218,7 +219,7 @@ class RoundParams:
     local_threshold: int
     fixed: FixedPoint
     dimension: int
-    weight_bound: float = field(default=float(2**20))
+    weight_bound: float = field(default=float(2**16))
 
     @property
     def complete(self) -> bool:

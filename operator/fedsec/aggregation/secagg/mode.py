@@ -10,7 +10,7 @@ from fedsec.aggregation.base import (
     RoundContext,
 )
 from fedsec.aggregation.secagg.client import SecAggClient
-from fedsec.aggregation.secagg.config import SecAggConfig, threshold_count
+from fedsec.aggregation.secagg.config import MIN_PARTICIPANTS, SecAggConfig, threshold_count
 from fedsec.aggregation.secagg.phases import PHASES
 from fedsec.aggregation.secagg.server import SecAggServer
 
@@ -36,5 +36,15 @@ class SecAggMode(AggregationMode):
         return SecAggClient(self.config, ctx, identity, update)
 
     def required_survivors(self, participants: int, quorum: int) -> int:
-        """max(quorum, threshold_count): a round never commits with fewer than the threshold."""
-        return max(quorum, threshold_count(self.config, participants))
+        """max(quorum, threshold_count, 2): a round never commits with fewer than the threshold.
+
+        Never raises: for a round the config cannot serve (fewer than two participants, a count
+        threshold above the round) the answer exceeds the participants, so the engine ends the
+        round at once; the server's Aborted reason says why.
+        """
+        try:
+            t = threshold_count(self.config, participants)
+        except ValueError:
+            t = self.config.threshold if isinstance(self.config.threshold, int) else participants + 1
+            t = max(t, participants // 2 + 1)
+        return max(quorum, t, MIN_PARTICIPANTS)

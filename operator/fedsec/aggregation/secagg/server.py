@@ -42,7 +42,7 @@ from fedsec.aggregation.secagg import phases as ph
 from fedsec.aggregation.secagg.config import RoundParams, SecAggConfig
 from fedsec.aggregation.secagg.graph import graph_seed, neighbour_graph
 from fedsec.crypto.secagg import aead, keys, shamir
-from fedsec.crypto.secagg.prg import expand
+from fedsec.crypto.secagg.prg import Expander
 from fedsec.wire.proto import secagg_pb2 as pb
 
 _DONE = "done"
@@ -58,7 +58,15 @@ class SecAggServer(ServerProtocol):
         n = len(ctx.participants)
         dim = sum(spec.size for spec in ctx.tensor_specs)
         self._ctx = ctx
-        self._params = RoundParams.derive(config, n, dim, weight_bound)
+        self._outcome: PhaseOutcome | None = None
+        try:
+            self._params = RoundParams.derive(config, n, dim, weight_bound)
+        except ValueError as exc:
+            # A round the config cannot serve (too few participants, a count threshold that is not a
+            # majority of this round) ends at once with the reason, rather than failing the engine;
+            # check_consistency catches these before a job starts.
+            self._params = RoundParams.derive(SecAggConfig(threshold=1.0), max(n, 2), dim, 1.0)
+            self._outcome = Aborted(f"secure aggregation: {exc}")
         self._required = max(ctx.min_survivors, self._params.threshold)
         self._binding = keys.RoundBinding(ctx.job_uid, ctx.round_id)
         self._graph = neighbour_graph(n, self._params.degree, graph_seed(self._binding, ctx.seed))
@@ -77,7 +85,8 @@ class SecAggServer(ServerProtocol):
         self._sum = np.zeros(dim + 1, dtype=self._params.fixed.dtype)
         self._seed_points: dict[int, list[tuple[int, int]]] = {}
         self._key_points: dict[int, list[tuple[int, int]]] = {}
-        self._outcome: PhaseOutcome | None = None
+        if self._outcome is not None:
+            self._phase = _DONE
 
     @property
     def params(self) -> RoundParams:
@@ -306,7 +315,7 @@ class SecAggServer(ServerProtocol):
                 return self._abort(
                     f"only {len(pts)} of {t} seed shares of {self._ctx.participants[owner]!r} arrived"
                 )
-            seed = self._combine(pts[:t])
+            seed = self._combine(sorted(pts)[:t])  # same x sets share cached Lagrange coefficients
             if seed is None or not keys.commitment_matches(
                 self._adverts[owner].seed_commitment, self._binding, owner, seed
             ):
@@ -319,14 +328,15 @@ class SecAggServer(ServerProtocol):
                 return self._abort(
                     f"only {len(pts)} of {t} mask-key shares of {self._ctx.participants[owner]!r} arrived"
                 )
-            raw = self._combine(pts[:t])
+            raw = self._combine(sorted(pts)[:t])
             pair = keys.KeyPair.from_private_bytes(raw) if raw is not None else None
             if pair is None or not hmac.compare_digest(pair.public, self._adverts[owner].mask_public_key):
                 return self._abort(f"mask-key shares of {self._ctx.participants[owner]!r} are corrupted")
             lost[owner] = pair
         total = self._sum
+        mask = Expander(count, fixed.dtype)
         for seed in rebuilt.values():
-            total -= expand(seed, count, fixed.dtype)
+            total -= mask(seed)
         for v, pair in lost.items():
             for w in sorted(self._graph[v] & self._u3):
                 seed = pair.agree(
@@ -334,9 +344,9 @@ class SecAggServer(ServerProtocol):
                 )
                 # w added this mask if it had the lower index, subtracted it otherwise: undo that.
                 if w < v:
-                    total -= expand(seed, count, fixed.dtype)
+                    total -= mask(seed)
                 else:
-                    total += expand(seed, count, fixed.dtype)
+                    total += mask(seed)
         weight_units = int(fixed.to_signed(total[p.dimension:])[0])
         if weight_units <= 0:
             return self._abort("the survivors' total weight is zero")
@@ -360,7 +370,7 @@ class SecAggServer(ServerProtocol):
     @staticmethod
     def _combine(points: list[tuple[int, int]]) -> bytes | None:
         try:
-            return shamir.combine(sorted(points))
+            return shamir.combine(points)
         except ValueError:
             return None
 

@@ -80,3 +80,17 @@ def test_degree_and_local_threshold():
     assert q.local_threshold == 10
     c = RoundParams.derive(SecAggConfig(neighbours="complete"), 100, 10)
     assert c.complete and c.local_threshold == c.threshold == 67
+
+
+@pytest.mark.parametrize(("config", "n", "match"), [(SecAggConfig(), 1, "at least 2"), (SecAggConfig(threshold=5), 4, "only 4"),
+                                                   (SecAggConfig(threshold=5), 10, "strict majority")])
+def test_a_round_the_config_cannot_serve_aborts_at_once_and_never_raises(config, n, match) -> None:
+    from fedsec.aggregation.base import Aborted, RoundContext, TensorSpec
+
+    mode = SecAggMode(config)
+    ctx = RoundContext("job", 1, tuple(f"c{i}" for i in range(n)), 1, (TensorSpec("v", (3,)),))
+    assert mode.required_survivors(n, 1) > n or match == "strict majority"
+    server = mode.server(ctx)
+    assert server.expected() == frozenset() and server.request_for("c0") is None
+    outcome = server.close_phase()
+    assert isinstance(outcome, Aborted) and match in outcome.reason

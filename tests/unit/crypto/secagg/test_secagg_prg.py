@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedsec.crypto.secagg.prg import expand, keystream
+from fedsec.crypto.secagg.prg import Expander, expand, keystream
 
 
 def test_same_seed_same_mask_different_seed_different_mask():
@@ -32,3 +32,13 @@ def test_mask_bytes_look_uniform():
 def test_seed_must_be_32_bytes():
     with pytest.raises(ValueError, match="32 bytes"):
         expand(b"short", 4)
+
+
+def test_expander_reuses_its_buffer_and_matches_expand():
+    ex = Expander(333, np.uint64)
+    a = ex(b"\x01" * 32).copy()
+    b = ex(b"\x02" * 32)
+    assert np.array_equal(a, expand(b"\x01" * 32, 333, np.uint64))
+    assert np.array_equal(b, expand(b"\x02" * 32, 333, np.uint64))
+    with pytest.raises(ValueError, match="32 bytes"):
+        ex(b"x")
