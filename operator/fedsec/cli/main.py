@@ -87,6 +87,9 @@ def _rollback(args: argparse.Namespace) -> int:
     audit = AuditLog(run_dir / "audit.jsonl")
     audit.append("rollback", sync=True, to_round=args.to_round, new_version=cp.version, reason=args.reason)
     audit.close()
+    engine = store.load_engine()
+    if engine is not None:  # a rollback reopens a finished job: the rounds after it are trained again
+        store.save_engine({**engine, "status": "Running", "reason": ""})
     print(f"model version {cp.version} now holds round {args.to_round}'s model; resume with: fedsec run DIR --run-dir {run_dir}")
     return exitcodes.OK
 

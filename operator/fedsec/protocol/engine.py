@@ -186,6 +186,11 @@ class RoundEngine:
         return self._attempt.round_id if self._attempt else self.state.last_round_id
 
     @property
+    def current_round_number(self) -> int:
+        """The round under way, or the next to start."""
+        return self._attempt.round_number if self._attempt else self.state.next_round
+
+    @property
     def live_sites(self) -> frozenset[str]:
         return frozenset(self._live - self._dropped)
 

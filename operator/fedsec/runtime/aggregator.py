@@ -33,7 +33,7 @@ from fedsec.protocol import engine as eng
 from fedsec.protocol.rejections import REASONS, Rejected
 from fedsec.protocol.replay import ReplayGuard
 from fedsec.runtime import exitcodes
-from fedsec.runtime.checkpoints import CheckpointStore
+from fedsec.runtime.checkpoints import Checkpoint, CheckpointStore
 from fedsec.runtime.config import AggregatorConfig
 from fedsec.runtime.datasets import load_holdout
 from fedsec.runtime.report import write_plot, write_summary
@@ -115,6 +115,10 @@ class Aggregator:
             latest = self.store.commit(
                 initial, {"round": -1 if self.spec.task.standardize else 0, "round_id": 0, "kind": "initial", "metrics": {}}
             )
+        rolled_back = self._rollback_requested(latest)
+        if rolled_back is not None:
+            latest = rolled_back
+            saved.update(status=eng.RUNNING, reason="")  # a rollback reopens a finished job
         self.state_tensors: Tensors = latest.load_model()
         tmodels.load_numpy_state(self.model, self.state_tensors)
         self.version = latest.version
@@ -146,7 +150,8 @@ class Aggregator:
             state,
             now=time.monotonic(),
         )
-        self._apply_rollback_request()
+        if rolled_back is not None:
+            self._save_engine()
         self.audit.append(
             "aggregator-started", sync=True, incarnation=incarnation, model_version=self.version,
             next_round=state.next_round, last_round_id=state.last_round_id, mode=self.mode.info.name,
@@ -155,31 +160,21 @@ class Aggregator:
 
     # -- rollback ---------------------------------------------------------------------------------
 
-    def _apply_rollback_request(self) -> None:
-        """Honour ``spec.rollback.toRound`` once per requested round (a GitOps commit asks for it)."""
+    def _rollback_requested(self, latest: Checkpoint) -> Checkpoint | None:
+        """Honour ``spec.rollback.toRound`` once per request: a GitOps commit asks for it, and the
+        request stays in the spec, so it must not roll back again at every restart."""
         rb = self.spec.rollback
-        if rb is None or not self.engine.state.status == eng.RUNNING:
-            return
-        latest = self.store.latest()
-        assert latest is not None
-        if latest.meta.get("kind") == "rollback" and latest.round == rb.to_round:
-            return  # already applied
-        if any(self.store.get(v).meta.get("rollback_request") == rb.to_round for v in self.store.versions()):
-            return
-        self.rollback(rb.to_round, reason="spec.rollback.toRound", request=rb.to_round)
-
-    def rollback(self, to_round: int, reason: str, request: int | None = None) -> None:
-        extra = {"rollback_request": request} if request is not None else {}
-        cp = self.store.rollback(to_round, reason, extra)
-        self.state_tensors = cp.load_model()
-        tmodels.load_numpy_state(self.model, self.state_tensors)
-        self.version = cp.version
-        self._model_bytes = wire_tensors.encode(self.state_tensors)
-        self.engine.state.next_round = to_round + 1
-        self.engine.state.attempt = 0
-        self._save_engine()
-        self.audit.append("rollback", sync=True, to_round=to_round, new_version=cp.version, reason=reason)
-        self.events.emit("rollback", to_round=to_round, version=cp.version)
+        if rb is None:
+            return None
+        request = f"{self.job.metadata.generation or 0}/{rb.to_round}"
+        if any(self.store.get(v).meta.get("rollback_request") == request for v in self.store.versions()):
+            return None
+        cp = self.store.rollback(rb.to_round, "spec.rollback.toRound", {"rollback_request": request})
+        self.audit.append("rollback", sync=True, to_round=rb.to_round, new_version=cp.version,
+                          replaced_version=latest.version, reason="spec.rollback.toRound")
+        self.events.emit("rollback", to_round=rb.to_round, version=cp.version)
+        log.warning("rolled back to round %d as the spec asks (model version %d)", rb.to_round, cp.version)
+        return cp
 
     # -- message handling -------------------------------------------------------------------------
 
@@ -266,6 +261,7 @@ class Aggregator:
 
     def _contribution(self, sender: str, header: pb.Header, body: pb.Contribution) -> pb.Ack:
         metrics = {k: float(v) for k, v in body.metrics.items() if np.isfinite(v)}
+        number = self.engine.current_round_number
         effects = self.engine.contribute(
             sender, header.round_id, header.phase, body.response, metrics, body.withdraw, time.monotonic()
         )
@@ -275,15 +271,16 @@ class Aggregator:
                           bytes=len(body.response))
         self._accepted_this_round += 0 if body.withdraw else 1
         self.events.emit("answer", site=sender, round_id=header.round_id, phase=header.phase, outcome=outcome)
-        self._maybe_inject_crash()
+        self._maybe_inject_crash(number)
         self._apply(effects)
         self.cond.notify_all()
         return pb.Ack(accepted=True)
 
-    def _maybe_inject_crash(self) -> None:
+    def _maybe_inject_crash(self, number: int) -> None:
+        """Scenario fault: die after the answer that makes ``afterUpdates`` in round ``number``,
+        before its effects (maybe a commit) are carried out."""
         if self.incarnation > 0:
             return  # an injected crash happens once; the restarted aggregator must survive
-        number = self.engine.state.next_round
         for f in self.cfg.faults:
             if f.kind == "aggregator-crash" and f.round == number and self._accepted_this_round >= f.after_updates:
                 log.error("injected fault: aggregator crashes in round %d after %d answers", number, self._accepted_this_round)
@@ -366,6 +363,7 @@ class Aggregator:
         })
 
     def _write_outputs(self) -> None:
+        """summary.json and the plot; called at the job's end and again at shutdown."""
         summary = write_summary(self)
         try:
             write_plot(summary, self.cfg.state_dir / "metrics.png")
@@ -454,6 +452,8 @@ def serve(cfg: AggregatorConfig, events: EventSink, incarnation: int = 0) -> int
     ticker.start()
     stop.wait()
     server.stop(grace=2.0).wait()
+    with agg.cond:
+        agg._write_outputs()  # again: rejections while lingering belong in the summary too
     agg.audit.close()
     return agg.exit_code()
 

@@ -90,8 +90,7 @@ def prepare(manifests_dir: Path, run_dir: Path | None, job_name: str | None, fau
     else:
         job_uid = job.metadata.uid or str(uuid.uuid4())
         run_dir.mkdir(parents=True, exist_ok=True)
-        layout = RunLayout(run_dir, job, plan, job_uid, faults)
-        _generate_pki(layout)
+        issue_job_pki(RunLayout(run_dir, job, plan, job_uid, faults), pki.new_ca(job.metadata.name))
         write_json_atomic(marker, {"job": job.metadata.name, "job_uid": job_uid, "manifests": str(manifests_dir.resolve())})
     return RunLayout(run_dir, job, plan, job_uid, faults)
 
@@ -106,9 +105,11 @@ def _check_faults(faults: list[Fault], plan: JobPlan) -> None:
         raise ManifestError(errors)
 
 
-def _generate_pki(layout: RunLayout) -> None:
-    """The job CA and every participant's TLS and identity keys (what the operator puts in Secrets)."""
-    ca = pki.new_ca(layout.job.metadata.name)
+def issue_job_pki(layout: RunLayout, ca: pki.CA) -> None:
+    """Every participant's TLS and identity keys from the job CA (what the operator puts in Secrets).
+
+    The launcher does not keep the CA key: nothing is signed after this (rotation, issue 6, will).
+    """
     pki.write_public(layout.pki_dir / "ca.crt", ca.cert_pem)
     for name, hosts in [(pki.AGGREGATOR, ["localhost", "127.0.0.1"])] + [(s, []) for s in layout.plan.site_names]:
         paths = layout.pki_paths(name)
@@ -117,10 +118,9 @@ def _generate_pki(layout: RunLayout) -> None:
         pki.write_public(paths.tls_cert, tls.cert_pem)
         pki.write_private(paths.id_key, ident.key_pem)
         pki.write_public(paths.id_cert, ident.cert_pem)
-    # The CA key signs nothing after this: it is not kept (rotation re-creates material, issue 6).
 
 
-def _write_configs(layout: RunLayout, port: int | None) -> None:
+def write_configs(layout: RunLayout, port: int | None) -> None:
     agg_faults = [f for f in layout.faults if f.kind == "aggregator-crash"]
     cfg = AggregatorConfig(
         job=layout.job, job_uid=layout.job_uid, sites=list(layout.plan.site_names), quorum=layout.plan.quorum,
@@ -200,7 +200,7 @@ class Launcher:
     # -- supervision ------------------------------------------------------------------------------
 
     def run(self) -> int:
-        _write_configs(self.layout, None)
+        write_configs(self.layout, None)
         self.display.start(self.layout)
         self._start_aggregator(0)
         try:
@@ -259,7 +259,7 @@ class Launcher:
             self.port = int(ev["port"])
             self.outcome["metrics_port"] = ev.get("metrics_port")
             if first:
-                _write_configs(self.layout, self.port)
+                write_configs(self.layout, self.port)
                 for site in self.layout.plan.site_names:
                     self._start_client(site, 0)
         self.display.event(ev)
