@@ -237,3 +237,19 @@ def test_deleting_a_pod_stops_its_processes(kubectl: Kubectl, namespace: str) ->
     assert os.path.exists(f"/proc/{pid}")
     kubectl("delete", "pod", "sleeper", "-n", namespace, "--timeout=30s", timeout=40)
     wait_until(f"process {pid} of pod sleeper to end", lambda: not os.path.exists(f"/proc/{pid}"), 10)
+
+
+def test_logs_follow_until_the_container_exits(kubectl: Kubectl, namespace: str) -> None:
+    code = """
+        import time
+        for i in range(3):
+            print("line", i, flush=True)
+            time.sleep(0.5)
+    """
+    apply_obj(kubectl, namespace, {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "talker"},
+                                   "spec": {"restartPolicy": "Never", "containers": [py_container("main", code)]}})
+    wait_until("pod talker to start", lambda: pod_phase(kubectl, namespace, "talker") in ("Running", "Succeeded"), 60)
+    # -f returns once the container has exited, with every line.
+    out = kubectl("logs", "-f", "-n", namespace, "talker", timeout=30).stdout
+    assert out.splitlines() == ["line 0", "line 1", "line 2"]
+    assert kubectl("logs", "--tail=1", "-n", namespace, "talker").stdout.strip() == "line 2"
