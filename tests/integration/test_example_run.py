@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fedsec, summary_of
+from fedsec_runs import fedsec, summary_of
 from fedsec.telemetry.audit import verify
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "breast-cancer"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import committed_rounds, fedsec, summary_of, write_scenario
+from fedsec_runs import committed_rounds, fedsec, summary_of, write_scenario
 from fedsec.telemetry.audit import verify
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

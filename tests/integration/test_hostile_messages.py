@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from conftest import write_job_dir
+from fedsec_runs import write_job_dir
 from fedsec.crypto import pki
 from fedsec.crypto.signing import Signer
 from fedsec.runtime import local

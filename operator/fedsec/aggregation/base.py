@@ -67,6 +67,8 @@ class RoundContext:
     aggregation threshold when that is higher); a protocol that cannot reach it aborts.
     ``seed`` is public per-round randomness chosen by the server (e.g. for the SecAgg+ neighbour
     graph); it is bound into every envelope of the round through the round id.
+    ``weight_bound`` is the largest weight (sample count) a participant declared, for protocols that
+    scale weights into a bounded range (secure aggregation); None when nobody declared one.
     """
 
     job_uid: str
@@ -75,6 +77,7 @@ class RoundContext:
     min_survivors: int
     tensor_specs: tuple[TensorSpec, ...]
     seed: bytes = b""
+    weight_bound: float | None = None
 
     def __post_init__(self) -> None:
         if list(self.participants) != sorted(set(self.participants)):

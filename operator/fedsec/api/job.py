@@ -90,21 +90,40 @@ class EvaluationSpec(Spec):
 
 
 class SecureAggregationSpec(Spec):
-    mode: Literal["secagg", "he-ckks", "none"] = "none"
-    threshold: float | None = Field(
-        None, gt=0.0, description="fraction of a round's participants (≤ 1) or a count (> 1)"
+    """How updates are protected on their way to the aggregate (docs/secure-aggregation.md)."""
+
+    mode: Literal["secagg", "he-ckks", "none"] = "secagg"
+    threshold: int | float | None = Field(
+        None,
+        description="least survivors to unmask: a fraction in (0.5, 1] of a round's participants "
+        "(write 1.0 for all), or a whole count; default 2/3",
     )
     clip_range: float = Field(1.0, gt=0.0, description="largest |coordinate| of an update, before masking")
-    quantization_bits: int = Field(24, ge=8, le=48)
-    neighbours: int | None = Field(None, ge=2, description="SecAgg+ graph degree (default: automatic)")
+    ring_bits: Literal[32, 64] = Field(32, description="masking ring Z_2^ringBits")
+    quantization_bits: int | None = Field(None, ge=1, le=62, description="fractional bits (default: the most the ring allows)")
+    neighbours: int | None = Field(None, ge=2, description="SecAgg+ graph degree, even (default: automatic)")
     poly_modulus_degree: int = Field(8192, description="CKKS ring dimension")
     global_scale_bits: int = Field(40, ge=20, le=60)
 
     @field_validator("threshold")
     @classmethod
-    def _threshold(cls, v: float | None) -> float | None:
-        if v is not None and v > 1 and not float(v).is_integer():
-            raise ValueError(f"threshold {v} must be a fraction in (0, 1] or a whole count")
+    def _threshold(cls, v: int | float | None) -> int | float | None:
+        if isinstance(v, bool):
+            raise ValueError("threshold must be a number")
+        if isinstance(v, float) and not 0.5 < v <= 1.0:
+            raise ValueError(
+                f"threshold {v}: a fraction must be above 0.5 and at most 1.0 (a strict majority of a "
+                "round's participants); for a count write a whole number"
+            )
+        if isinstance(v, int) and v < 2:
+            raise ValueError(f"threshold {v}: a count must be at least 2 (for every participant write 1.0)")
+        return v
+
+    @field_validator("neighbours")
+    @classmethod
+    def _even(cls, v: int | None) -> int | None:
+        if v is not None and v % 2:
+            raise ValueError(f"neighbours {v} must be even (a SecAgg+ Harary graph)")
         return v
 
     @field_validator("poly_modulus_degree")

@@ -63,6 +63,8 @@ def plan_job(job: FederatedJob, clients: Sequence[FederatedClient]) -> JobPlan:
             )
         )
     errors.extend(_holdout_overlap(job, selected))
+    if selected and quorum <= len(selected):
+        errors.extend(_secagg_consistency(job, quorum, len(selected)))
     if errors:
         raise ManifestError(errors)
     return JobPlan(job=job, admitted=tuple(selected), refused={}, quorum=quorum)
@@ -89,3 +91,26 @@ def _holdout_overlap(job: FederatedJob, sites: Sequence[FederatedClient]) -> lis
                 )
             )
     return errors
+
+
+def _secagg_consistency(job: FederatedJob, quorum: int, sites: int) -> list[FieldError]:
+    """One story for quorum and threshold: every round size the quorum allows must be unmaskable."""
+    sa = job.spec.secure_aggregation
+    if sa.mode != "secagg":
+        return []
+    from fedsec.aggregation.registry import secagg_config
+    from fedsec.aggregation.secagg.config import check_consistency
+
+    try:
+        check_consistency(secagg_config(sa), quorum=quorum, max_participants=sites)
+    except ValueError as exc:
+        field, _, message = str(exc).partition(": ")
+        path = {
+            "threshold": "spec.secureAggregation.threshold",
+            "quorum": "spec.quorum",
+            "quantization_bits": "spec.secureAggregation.quantizationBits",
+            "clip_range": "spec.secureAggregation.clipRange",
+            "neighbours": "spec.secureAggregation.neighbours",
+        }.get(field, "spec.secureAggregation")
+        return [FieldError(path, message or str(exc), obj=job.ref)]
+    return []

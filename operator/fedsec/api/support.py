@@ -10,7 +10,7 @@ from fedsec.api.client import FederatedClient
 from fedsec.api.errors import FieldError
 from fedsec.api.job import FederatedJob
 
-IMPLEMENTED_MODES = frozenset({"none"})
+IMPLEMENTED_MODES = frozenset({"none", "secagg"})
 
 
 def _nyi(path: str, what: str, obj: str, supported: str) -> FieldError:

@@ -159,12 +159,21 @@ class _Attempt:
 
 
 class RoundEngine:
-    def __init__(self, config: EngineConfig, mode: AggregationMode, state: EngineState, now: float) -> None:
+    def __init__(
+        self,
+        config: EngineConfig,
+        mode: AggregationMode,
+        state: EngineState,
+        now: float,
+        stats_mode: AggregationMode | None = None,
+    ) -> None:
         if config.quorum > len(config.sites):
             raise ValueError(f"quorum {config.quorum} exceeds the {len(config.sites)} sites")
         self.config = config
         self.mode = mode
+        self.stats_mode = stats_mode or mode
         self.state = state
+        self._declared: dict[str, float] = {}  # sample counts sites declared: the round's weight bound
         self._sites = frozenset(config.sites)
         self._live: set[str] = set()
         self._dropped: set[str] = set()
@@ -216,16 +225,18 @@ class RoundEngine:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def seen(self, site: str, now: float) -> list[Effect]:
-        """Any authenticated message from ``site``: it is live again."""
+    def seen(self, site: str, now: float, samples: int | None = None) -> list[Effect]:
+        """Any authenticated message from ``site``: it is live again (and may declare its size)."""
         if site not in self._sites:
             raise Rejected("unknown-sender", f"{site!r} is not one of this job's {len(self._sites)} admitted sites")
+        if samples:
+            self._declared[site] = float(samples)
         self._live.add(site)
         self._dropped.discard(site)
         return self.tick(now)
 
-    def poll(self, site: str, last_round_id: int, now: float) -> tuple[PollResult, list[Effect]]:
-        effects = self.seen(site, now)
+    def poll(self, site: str, last_round_id: int, now: float, samples: int | None = None) -> tuple[PollResult, list[Effect]]:
+        effects = self.seen(site, now, samples)
         if self.finished:
             return DoneView(self.state.status, self.state.reason), effects
         a = self._attempt
@@ -347,14 +358,15 @@ class RoundEngine:
         number = self.state.next_round
         kind = STATS if (self.config.standardize and number == 0) else TRAIN
         specs = self.config.stats_specs if kind == STATS else self.config.model_specs
+        mode = self.stats_mode if kind == STATS else self.mode
         self.state.last_round_id += 1
         self.state.attempt += 1
         self.state.attempts_total += 1
         round_id = self.state.last_round_id
-        required = min(
-            len(participants), self.mode.required_survivors(len(participants), self.config.quorum)
-        )
-        required = max(required, self.config.quorum)
+        # May exceed the participants (e.g. a secagg threshold the round cannot meet): then the
+        # round ends at once below and its protocol says why.
+        required = max(mode.required_survivors(len(participants), self.config.quorum), self.config.quorum)
+        declared = [self._declared[p] for p in participants if p in self._declared]
         seed = hashlib.sha256(f"{self.config.job_uid}/{round_id}".encode()).digest()
         ctx = RoundContext(
             job_uid=self.config.job_uid,
@@ -363,8 +375,9 @@ class RoundEngine:
             min_survivors=min(required, len(participants)),
             tensor_specs=specs,
             seed=seed,
+            weight_bound=max(declared) if declared else None,
         )
-        server = self.mode.server(ctx)
+        server = mode.server(ctx)
         self._attempt = _Attempt(
             round_id=round_id,
             round_number=number,

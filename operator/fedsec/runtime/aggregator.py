@@ -149,6 +149,7 @@ class Aggregator:
             self.mode,
             state,
             now=time.monotonic(),
+            stats_mode=mode_for(self.spec.secure_aggregation, for_stats=True),
         )
         if rolled_back is not None:
             self._save_engine()
@@ -226,7 +227,7 @@ class Aggregator:
     def _dispatch(self, sender: str, header: pb.Header, body: Any) -> pb.Reply | pb.Ack:
         with self.cond:
             if isinstance(body, pb.Join):
-                self._apply(self.engine.seen(sender, time.monotonic()))
+                self._apply(self.engine.seen(sender, time.monotonic(), int(body.num_samples)))
                 self.audit.append("site-joined", site=sender, samples=int(body.num_samples))
                 self.cond.notify_all()
                 return pb.Ack(accepted=True)
@@ -239,7 +240,7 @@ class Aggregator:
     def _long_poll(self, sender: str, body: pb.Poll) -> pb.Reply:
         deadline = time.monotonic() + LONG_POLL_SECONDS
         while True:
-            result, effects = self.engine.poll(sender, body.last_round_id, time.monotonic())
+            result, effects = self.engine.poll(sender, body.last_round_id, time.monotonic(), int(body.num_samples))
             self._apply(effects)
             if isinstance(result, eng.TaskView):
                 return pb.Reply(task=self._task(result))

@@ -63,6 +63,7 @@ class SiteClient:
             raise ValueError(f"identity certificate is for {self.signer.name!r}, not this site {self.name!r}")
         self.verifier = Verifier(cfg.pki.ca_cert.read_bytes())
         self.mode = mode_for(spec.secure_aggregation)
+        self.stats_mode = mode_for(spec.secure_aggregation, for_stats=True)
         table = load_site_data(cfg.job, cfg.site)
         self.train, self.val = tdata.train_validation_split(table, spec.task.validation_fraction, seed=spec.model.seed)
         m = spec.model
@@ -149,7 +150,7 @@ class SiteClient:
             return exitcodes.CONFIG_ERROR
         log.info("%s joined with %d training and %d validation rows", self.name, len(self.train), len(self.val))
         while True:
-            reply = self.call(pb.Poll(last_round_id=self._last_round_id))
+            reply = self.call(pb.Poll(last_round_id=self._last_round_id, num_samples=len(self.train)))
             if isinstance(reply, pb.Ack):  # our poll was refused
                 log.warning("poll refused: %s: %s", reply.reason, reply.detail)
                 if reply.reason in ("unknown-sender", "wrong-job", "peer-mismatch"):
@@ -209,7 +210,8 @@ class SiteClient:
             min_survivors=task.min_survivors, tensor_specs=specs, seed=task.round_seed,
         )
         log.info("round %d (%s): prepared update in %.2fs", task.round_number, task.kind, time.monotonic() - started)
-        return self.mode.client(ctx, self.identity, update)
+        mode = self.stats_mode if task.kind == STATS else self.mode
+        return mode.client(ctx, self.identity, update)
 
     # -- scenario faults --------------------------------------------------------------------------
 

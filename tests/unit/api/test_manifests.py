@@ -83,7 +83,9 @@ def test_the_example_is_valid() -> None:
         (with_(JOB, "spec.task", {"learningRate": -1}), "spec.task.learningRate", "greater than 0"),
         (with_(JOB, "spec.task", {"optimiser": "sgd"}), "spec.task.optimiser", "unknown field 'optimiser'; allowed here: target, features"),
         (with_(JOB, "spec.secureAggregation", {"mode": "magic"}), "spec.secureAggregation.mode", "'secagg', 'he-ckks' or 'none'"),
-        (with_(JOB, "spec.secureAggregation", {"threshold": 2.5}), "spec.secureAggregation.threshold", "fraction in (0, 1] or a whole count"),
+        (with_(JOB, "spec.secureAggregation", {"threshold": 0.4}), "spec.secureAggregation.threshold", "a fraction must be above 0.5"),
+        (with_(JOB, "spec.secureAggregation", {"threshold": 1}), "spec.secureAggregation.threshold", "for every participant write 1.0"),
+        (with_(JOB, "spec.secureAggregation", {"neighbours": 5}), "spec.secureAggregation.neighbours", "must be even"),
         (with_(JOB, "spec.privacy", {"mechanism": "dp-sgd"}), "spec.privacy", "needs targetEpsilon"),
         (with_(JOB, "spec.clients.selector.matchExpressions", [{"key": "a", "operator": "Near"}]), "spec.clients.selector.matchExpressions[0].operator", "'In', 'NotIn', 'Exists' or 'DoesNotExist'"),
         (with_(CLIENT, "spec.data", {}), "spec.data", "exactly one of 'builtin' or 'file'"),
@@ -111,6 +113,24 @@ def test_invalid_manifest_names_its_field(tmp_path: Path, doc: dict[str, Any], f
 def test_plan_refuses_what_cannot_run(tmp_path: Path, doc: dict[str, Any], field: str, says: str) -> None:
     errs = errors_for(tmp_path, doc, CLIENT)
     assert any(f": {field}: " in e and says in e for e in errs), errs
+
+
+def test_secagg_threshold_and_quorum_are_checked_together(tmp_path: Path) -> None:
+    sites = [with_(CLIENT, "metadata.name", f"site-{i}") for i in range(5)]
+    job = with_(JOB, "spec.quorum", {"minClients": 3})
+    above = with_(job, "spec.secureAggregation", {"threshold": 4})
+    errs = errors_for(tmp_path, above, *sites)
+    assert any("spec.secureAggregation.threshold: 4 is above the quorum of 3" in e for e in errs), errs
+    lonely = with_(JOB, "spec.quorum", {"minClients": 1})
+    errs = errors_for(tmp_path, lonely, CLIENT)
+    assert any("spec.quorum: secure aggregation needs at least 2 clients" in e for e in errs), errs
+    ok = loader.load([_write(tmp_path / "ok.yaml", job, *sites)])
+    assert plan_job(ok.jobs[0], ok.clients).quorum == 3
+
+
+def _write(path: Path, *docs: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump_all(docs))
+    return path
 
 
 def test_yaml_syntax_and_duplicates(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ class SecAggMode(AggregationMode):
         self.config.validate()
 
     def server(self, ctx: RoundContext, weight_bound: float | None = None) -> SecAggServer:
-        return SecAggServer(self.config, ctx, weight_bound)
+        return SecAggServer(self.config, ctx, weight_bound if weight_bound is not None else ctx.weight_bound)
 
     def client(self, ctx: RoundContext, identity: PeerIdentity, update: ClientUpdate) -> SecAggClient:
         return SecAggClient(self.config, ctx, identity, update)

@@ -53,10 +53,12 @@ class Join(_message.Message):
     def __init__(self, client_version: _Optional[str] = ..., num_samples: _Optional[int] = ...) -> None: ...
 
 class Poll(_message.Message):
-    __slots__ = ("last_round_id",)
+    __slots__ = ("last_round_id", "num_samples")
     LAST_ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     last_round_id: int
-    def __init__(self, last_round_id: _Optional[int] = ...) -> None: ...
+    num_samples: int
+    def __init__(self, last_round_id: _Optional[int] = ..., num_samples: _Optional[int] = ...) -> None: ...
 
 class Wait(_message.Message):
     __slots__ = ("reason", "retry_after_ms")
