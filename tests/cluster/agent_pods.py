@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,9 @@ log = logging.getLogger("node-agent.pods")
 SH = shutil.which("sh") or "/bin/sh"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
 SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The agent's own interpreter directory (the project's .venv/bin) comes first, so a pod's
+# `command: [fedsec, ...]` or `[python, ...]` runs the project as installed in the work tree.
+DEFAULT_PATH = f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class NotYet(Exception):

@@ -108,8 +108,10 @@ class Agent:
 
     # -- lifecycle ----------------------------------------------------------------
     def run(self) -> None:
+        t0 = time.monotonic()
         self.net.setup()
         self.register_node()
+        log.info("network set up and node registered (%.1fs)", time.monotonic() - t0)
         self.ensure_storage_class()
         self.proxy = Proxy(self.services)
         self.proxy.start()
@@ -128,6 +130,7 @@ class Agent:
         for i in informers:
             if not i.synced.wait(30):
                 raise RuntimeError(f"timed out after 30s waiting for the first list of {i.path}")
+        log.info("informers synced (%.1fs)", time.monotonic() - t0)
         self.wait_node_ready()
         Path(self.state, "node-agent.ready").touch()
         log.info("node %s ready", self.node)
@@ -191,6 +194,9 @@ class Agent:
                 "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
                 "node.kubernetes.io/instance-type": "fedsec-test"}},
             "spec": {"podCIDR": self.cluster["pod_cidr"], "podCIDRs": [self.cluster["pod_cidr"]]},
+            # Created Ready, as kubelet registers: the not-ready taint that admission adds anyway
+            # is then lifted at the node lifecycle controller's next pass.
+            "status": self._node_status(),
         }
         try:
             self.kube.request("POST", "/api/v1/nodes", node)
