@@ -27,7 +27,7 @@ test: $(VENV_STAMP) cluster-build
 ## control plane --------------------------------------------------------------
 # A real Kubernetes control plane for the test suite, built once from pinned
 # sources into a cache outside the work tree (docs/test-cluster.md).
-#   make cluster-build   build the binaries if the cache lacks them (cold: ~25 min on 2 cores)
+#   make cluster-build   build the binaries if the cache lacks them (cold: 6-15 min on 2 cores)
 #   make cluster-up      start etcd, API server, controller-manager, scheduler, node agent;
 #                        the last line printed is the admin kubeconfig's path
 #   make cluster-down    stop every process cluster-up started
