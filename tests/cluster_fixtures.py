@@ -5,9 +5,11 @@ such tests `@pytest.mark.cluster`.
 
 Which cluster a session uses, in order:
   1. $FEDSEC_KUBECONFIG, if set: that cluster, never stopped by the tests;
-  2. the one `make cluster-up` started for this work tree, if it is up: reused, not stopped;
+  2. the one running for this work tree: reused. If `make cluster-up` started it, it is
+     left running; if a test session started it, the last session using it stops it;
   3. otherwise the fixture starts one (building the binaries first if the cache is
-     cold) and stops it when the session ends ($FEDSEC_KEEP_CLUSTER=1 keeps it).
+     cold) and stops it when the session ends, unless another session joined it
+     meanwhile ($FEDSEC_KEEP_CLUSTER=1 keeps it running).
 
 Fixtures:
   cluster           ClusterInfo: kubeconfig path, bin dir, node name, address ranges
@@ -46,7 +48,6 @@ class ClusterInfo:
     pod_cidr: str
     service_cidr: str
     state_dir: Path | None
-    started_here: bool
 
     def env(self) -> dict[str, str]:
         """os.environ with KUBECONFIG and the cached binaries first on PATH."""
@@ -54,12 +55,12 @@ class ClusterInfo:
                 "PATH": f"{self.bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
 
 
-def _clusterctl(cmd: str, timeout: float) -> subprocess.CompletedProcess[str]:
+def _clusterctl(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     try:
-        return subprocess.run([sys.executable, str(CLUSTERCTL), cmd], stdout=subprocess.PIPE, text=True,
+        return subprocess.run([sys.executable, str(CLUSTERCTL), *args], stdout=subprocess.PIPE, text=True,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"`clusterctl.py {cmd}` did not finish within {timeout:.0f}s; "
+        pytest.fail(f"`clusterctl.py {' '.join(args)}` did not finish within {timeout:.0f}s; "
                     f"see the logs in the cluster state dir (python {CLUSTERCTL} state-dir)")
 
 
@@ -73,25 +74,24 @@ def _bindir() -> Path:
 def cluster() -> Iterator[ClusterInfo]:
     env_kc = os.environ.get("FEDSEC_KUBECONFIG")
     if env_kc:
-        yield ClusterInfo(Path(env_kc), _bindir(), "fedsec-node", "", "", None, False)
+        yield ClusterInfo(Path(env_kc), _bindir(), "fedsec-node", "", "", None)
         return
-    state = Path(_clusterctl("state-dir", 30).stdout.strip())
-    started = False
-    if _clusterctl("status", 60).returncode != 0:
-        r = _clusterctl("up", START_TIMEOUT)
-        if r.returncode != 0:
-            pytest.fail(f"could not start the test control plane (exit {r.returncode}); its errors are in the "
-                        f"captured stderr above and the logs in {state / 'logs'}. "
-                        "To debug by hand: make cluster-up")
-        started = True
+    state = Path(_clusterctl("state-dir", timeout=30).stdout.strip())
+    me = str(os.getpid())
+    # Starts it, or joins the one running for this work tree (another session's, or `make cluster-up`'s).
+    r = _clusterctl("up", "--user", me, timeout=START_TIMEOUT)
+    if r.returncode != 0:
+        pytest.fail(f"could not start the test control plane (exit {r.returncode}); its errors are in the "
+                    f"captured stderr above and the logs in {state / 'logs'}. To debug by hand: make cluster-up")
     c = json.loads((state / "cluster.json").read_text())
     info = ClusterInfo(state / "admin.kubeconfig", Path(c["bindir"]), c["node_name"], c["pod_cidr"],
-                       c["service_cidr"], state, started)
+                       c["service_cidr"], state)
     try:
         yield info
     finally:
-        if started and os.environ.get("FEDSEC_KEEP_CLUSTER") != "1":
-            _clusterctl("down", 120)
+        if os.environ.get("FEDSEC_KEEP_CLUSTER") != "1":
+            # Stops it if a test session started it and no other session still uses it.
+            _clusterctl("release", "--user", me, timeout=120)
 
 
 @pytest.fixture(scope="session")

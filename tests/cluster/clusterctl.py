@@ -15,6 +15,7 @@ directories, different ports and different pod/service address ranges.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -192,12 +193,72 @@ def is_up(state: Path) -> Cluster | None:
     return c
 
 
-def up() -> Path:
+def _side(state: Path, what: str) -> Path:
+    """Files beside the state dir (it is wiped on every start): the lock, users, auto-stop mark."""
+    return state.parent / f"{state.name}.{what}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not _is_zombie(pid)
+
+
+def up(user: int | None = None) -> Path:
+    """Starts the cluster, or reuses the running one.
+
+    With `user` (a test session's pid) the cluster is shared: a cluster that a test session
+    started stops when its last user releases it; one started by hand (`make cluster-up`,
+    no user) is never stopped by a test session.
+    """
     state = state_dir()
+    auto_stop = _side(state, "auto-stop")
     running = is_up(state)
     if running is not None:
         log(f"already running (state {state})")
+        if user is None:
+            auto_stop.unlink(missing_ok=True)
+        else:
+            _register(state, user)
         return running.kubeconfig
+    kubeconfig = _start(state)
+    if user is None:
+        auto_stop.unlink(missing_ok=True)
+    else:
+        auto_stop.touch()
+        _register(state, user)
+    return kubeconfig
+
+
+def _register(state: Path, user: int) -> None:
+    users = _side(state, "users")
+    users.mkdir(exist_ok=True)
+    (users / str(user)).touch()
+
+
+def release(user: int) -> None:
+    state = state_dir()
+    users = _side(state, "users")
+    (users / str(user)).unlink(missing_ok=True)
+    live = []
+    for f in users.glob("*") if users.exists() else []:
+        if f.name.isdigit() and _pid_alive(int(f.name)):
+            live.append(int(f.name))
+        else:
+            f.unlink(missing_ok=True)
+    if live:
+        log(f"left running for the test sessions still using it (pids {live})")
+    elif _side(state, "auto-stop").exists():
+        down()
+    else:
+        log("left running: it was started by `make cluster-up`; stop it with `make cluster-down`")
+
+
+def _start(state: Path) -> Path:
     if (state / "cluster.json").exists():
         log("found a stale cluster state; cleaning it up first")
         down()
@@ -423,6 +484,8 @@ def down() -> None:
     if c is None:
         log(f"nothing to stop (no {state / 'cluster.json'})")
         return
+    _side(state, "auto-stop").unlink(missing_ok=True)
+    shutil.rmtree(_side(state, "users"), ignore_errors=True)
     # The agent first: it stops the pods' processes and removes their sandboxes.
     for name in reversed(COMPONENTS):
         pid = c.pids.get(name)
@@ -441,15 +504,30 @@ def down() -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=["up", "down", "status", "state-dir"])
+    ap.add_argument("command", choices=["up", "down", "status", "state-dir", "release"])
+    ap.add_argument("--user", type=int, help="pid of a test session sharing the cluster (up, release)")
     args = ap.parse_args()
+    if args.command == "state-dir":
+        print(state_dir())
+        return 0
     if os.geteuid() != 0:
         print("the test cluster's node agent needs root (network and mount namespaces); run as root",
               file=sys.stderr)
         return 2
+    state = state_dir()
+    state.parent.mkdir(parents=True, exist_ok=True)
+    # One up/down/release at a time per work tree: two `make test` runs in one tree share a
+    # cluster instead of starting two on the same state dir.
+    lock = open(_side(state, "lock"), "a")
+    if args.command != "status":
+        fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         if args.command == "up":
-            print(up())
+            print(up(args.user))
+        elif args.command == "release":
+            if args.user is None:
+                ap.error("release needs --user PID")
+            release(args.user)
         elif args.command == "down":
             down()
         elif args.command == "status":
@@ -458,8 +536,6 @@ def main() -> int:
                 print("down", file=sys.stderr)
                 return 1
             print(c.kubeconfig)
-        else:
-            print(state_dir())
     except StartError as e:
         print(f"cluster {args.command} failed: {e}", file=sys.stderr)
         return 1
