@@ -67,7 +67,7 @@ drop_strategy = st.sampled_from([None] * 12 + [ADVERTISE, SHARE, MASKED_INPUT, U
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    n=st.integers(2, 12),
+    n=st.integers(2, 12),  # d, weights, graph, threshold, ring, clip, bound and dropouts drawn too
     graph=st.sampled_from(["complete", 2, 4]),
     threshold=st.sampled_from([0.51, 0.6, 2 / 3, 0.8, 1.0]),
     ring=st.sampled_from([32, 64]),
@@ -77,11 +77,13 @@ drop_strategy = st.sampled_from([None] * 12 + [ADVERTISE, SHARE, MASKED_INPUT, U
 )
 def test_unmasked_mean_is_the_survivors_plaintext_mean(n, graph, threshold, ring, clip, bound, data):
     config = SecAggConfig(threshold=threshold, clip_range=clip, ring_bits=ring, neighbours=graph, complete_graph_max=1)
-    ctx = context(n, SPECS, seed=data.draw(st.binary(max_size=4)))
+    shape = (data.draw(st.integers(1, 5)), data.draw(st.integers(1, 7)))
+    specs = (TensorSpec("w", shape), TensorSpec("b", (data.draw(st.integers(1, 40)),)))
+    ctx = context(n, specs, seed=data.draw(st.binary(max_size=4)))
     weights = data.draw(st.lists(st.sampled_from([0.0, 1.0, 7.0, 500.0, 4000.0, 9000.0]), min_size=n, max_size=n))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     updates = {
-        c: ClientUpdate({s.name: (rng.standard_normal(s.shape) * clip).astype(np.float32) for s in SPECS}, w)
+        c: ClientUpdate({s.name: (rng.standard_normal(s.shape) * clip).astype(np.float32) for s in specs}, w)
         for c, w in zip(ctx.participants, weights)
     }
     drops = data.draw(st.lists(drop_strategy, min_size=n, max_size=n))
