@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import textwrap
+import urllib.request
 
 import pytest
 from cluster_fixtures import ClusterInfo, Kubectl, wait_until
@@ -40,7 +41,12 @@ def test_job_becomes_a_pod_that_runs_to_succeeded(kubectl: Kubectl, cluster: Clu
     pods = kubectl.json("get", "pods", "-n", namespace, "-l", "job-name=hello")["items"]
     assert len(pods) == 1
     pod = pods[0]
-    assert pod["spec"]["nodeName"] == cluster.node_name  # bound by kube-scheduler
+    assert pod["spec"]["nodeName"] == cluster.node_name
+    # Bound by the real kube-scheduler, not by anything of ours.
+    events = kubectl.json("get", "events", "-n", namespace,
+                          "--field-selector", f"involvedObject.name={pod['metadata']['name']},reason=Scheduled")
+    assert [e["source"].get("component") or e.get("reportingComponent") for e in events["items"]] == [
+        "default-scheduler"]
     assert pod["status"]["phase"] == "Succeeded"
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     logs = kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout
@@ -96,6 +102,12 @@ def test_two_pods_behind_a_service_talk_by_dns_name(kubectl: Kubectl, namespace:
     assert f"web -> {svc_ip}" in logs
     ips = {p["status"]["podIP"] for p in kubectl.json("get", "pods", "-n", namespace, "-l", "app=web")["items"]}
     assert len(ips) == 2
+    # The test process (on the host) reaches pod IPs and ClusterIPs directly: no port-forward needed.
+    names = {pod["metadata"]["name"]
+             for pod in kubectl.json("get", "pods", "-n", namespace, "-l", "app=web")["items"]}
+    for ip in ips:
+        assert urllib.request.urlopen(f"http://{ip}:8080/", timeout=5).read().decode() in names
+    assert urllib.request.urlopen(f"http://{svc_ip}/", timeout=5).read().decode() in names
 
 
 def test_env_and_volumes_from_secrets_configmaps_downward_api(kubectl: Kubectl, namespace: str) -> None:
