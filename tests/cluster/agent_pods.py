@@ -221,10 +221,12 @@ class PodWorker(threading.Thread):
         self.initialized = True
         for c in self.apps:
             self._start(c)
-        self.phase = "Running"
         self._push_status()
         while not self.delete_requested.is_set():
             self._tick(restart)
+            # Pending until a container has started, as kubelet reports it.
+            if self.phase == "Pending" and any(c.proc is not None for c in self.apps):
+                self.phase = "Running"
             if all(c.terminated and c.restart_at == 0 for c in self.apps):
                 failed = any(c.state["terminated"]["exitCode"] != 0 for c in self.apps)
                 self.phase = "Failed" if failed else "Succeeded"
@@ -247,6 +249,9 @@ class PodWorker(threading.Thread):
                         self._backoff(c)
                     else:
                         c.restart_at = 0
+            elif "waiting" in c.state:
+                # Its env sources were missing at the last try (CreateContainerConfigError).
+                self._start(c)
             elif c.terminated and c.restart_at and t >= c.restart_at:
                 c.last_state = {"terminated": c.state["terminated"]}
                 c.restarts += 1

@@ -265,3 +265,28 @@ def test_logs_follow_until_the_container_exits(kubectl: Kubectl, namespace: str)
     out = kubectl("logs", "-f", "-n", namespace, "talker", timeout=30).stdout
     assert out.splitlines() == ["line 0", "line 1", "line 2"]
     assert kubectl("logs", "--tail=1", "-n", namespace, "talker").stdout.strip() == "line 2"
+
+
+def test_pod_waits_for_a_secret_created_after_it(kubectl: Kubectl, namespace: str) -> None:
+    code = "import os; print(os.environ['TOKEN'], open('/etc/late/key').read())"
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "patient"},
+        "spec": {"restartPolicy": "Never", "containers": [py_container(
+            "main", code,
+            env=[{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "late-env", "key": "token"}}}],
+            volumeMounts=[{"name": "late", "mountPath": "/etc/late"}])],
+            "volumes": [{"name": "late", "secret": {"secretName": "late-vol"}}]},
+    })
+
+    def waiting_reason() -> str:
+        st = kubectl.json("get", "pod", "patient", "-n", namespace)["status"].get("containerStatuses") or [{}]
+        return (st[0].get("state") or {}).get("waiting", {}).get("reason", "")
+
+    wait_until("pod patient to wait for its volume's secret", lambda: waiting_reason() == "ContainerCreating", 30)
+    kubectl("create", "secret", "generic", "late-vol", "-n", namespace, "--from-literal=key=v1")
+    wait_until("pod patient to wait for its env's secret",
+               lambda: waiting_reason() == "CreateContainerConfigError", 30)
+    assert pod_phase(kubectl, namespace, "patient") == "Pending"
+    kubectl("create", "secret", "generic", "late-env", "-n", namespace, "--from-literal=token=t0")
+    wait_until("pod patient to succeed", lambda: pod_phase(kubectl, namespace, "patient") == "Succeeded", 30)
+    assert kubectl("logs", "-n", namespace, "patient").stdout.strip() == "t0 v1"
