@@ -172,7 +172,7 @@ class SiteClient:
             self._round = _Round(task.round_id, self._start_round(task) if task.model else None)
         if self._round.protocol is None:
             log.info("round %d: cannot take part in phase %s (no state for it); withdrawing", task.round_number, task.phase)
-            ack = self.call(pb.Contribution(withdraw=True), task.round_id, task.phase)
+            self.call(pb.Contribution(withdraw=True), task.round_id, task.phase)
             return
         metrics = self._metrics if task.model else {}
         try:
