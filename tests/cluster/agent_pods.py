@@ -587,6 +587,7 @@ class PodWorker(threading.Thread):
             d = vroot / v["name"]
             if "emptyDir" in v:
                 d.mkdir(parents=True, exist_ok=True)
+                d.chmod(0o777)  # as kubelet makes it: writable whatever runAsUser the pod has
             elif "secret" in v:
                 s = v["secret"]
                 obj = self._get("secrets", s["secretName"], s.get("optional", False))

@@ -336,6 +336,7 @@ class Agent:
         name = f"pvc-{md['uid']}"
         path = Path(self.state) / "volumes" / name
         path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)  # as local-path-provisioner does: writable for any runAsUser
         pv = {
             "apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": name, "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER}},

@@ -290,3 +290,17 @@ def test_pod_waits_for_a_secret_created_after_it(kubectl: Kubectl, namespace: st
     kubectl("create", "secret", "generic", "late-env", "-n", namespace, "--from-literal=token=t0")
     wait_until("pod patient to succeed", lambda: pod_phase(kubectl, namespace, "patient") == "Succeeded", 30)
     assert kubectl("logs", "-n", namespace, "patient").stdout.strip() == "t0 v1"
+
+
+def test_run_as_user_can_write_its_volumes(kubectl: Kubectl, namespace: str) -> None:
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "nonroot"},
+        "spec": {"restartPolicy": "Never", "securityContext": {"runAsUser": 1000, "runAsGroup": 1000},
+                 "containers": [{"name": "main", "image": "not-pulled.invalid/sh",
+                                 "command": ["/bin/sh", "-c", "id -u; id -g; touch /scratch/x && echo wrote"],
+                                 "volumeMounts": [{"name": "s", "mountPath": "/scratch"}]}],
+                 "volumes": [{"name": "s", "emptyDir": {}}]},
+    })
+    wait_until("pod nonroot to finish", lambda: pod_phase(kubectl, namespace, "nonroot") in ("Succeeded", "Failed"), 60)
+    logs = kubectl("logs", "-n", namespace, "nonroot").stdout
+    assert logs.split() == ["1000", "1000", "wrote"], logs
