@@ -63,6 +63,13 @@ spec:
               size: {{type: integer, minimum: 1}}
 """
     kubectl.apply(crd)
+    try:
+        _use_widgets(kubectl, core_v1, namespace, group)
+    finally:
+        kubectl("delete", "crd", f"widgets.{group}", "--wait=false", check=False)
+
+
+def _use_widgets(kubectl: Kubectl, core_v1: object, namespace: str, group: str) -> None:
     kubectl("wait", "--for=condition=Established", f"crd/widgets.{group}", "--timeout=30s", timeout=40)
     kubectl.apply(f"apiVersion: {group}/v1\nkind: Widget\nmetadata: {{name: w1}}\nspec: {{size: 3}}\n", namespace)
     got = kubectl.json("get", "widgets", "w1", "-n", namespace)
