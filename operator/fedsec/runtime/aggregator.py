@@ -229,6 +229,7 @@ class Aggregator:
             if isinstance(body, pb.Join):
                 self._apply(self.engine.seen(sender, time.monotonic(), int(body.num_samples)))
                 self.audit.append("site-joined", site=sender, samples=int(body.num_samples))
+                self.events.emit("site_joined", site=sender, live=len(self.engine.live_sites), sites=len(self.cfg.sites))
                 self.cond.notify_all()
                 return pb.Ack(accepted=True)
             if isinstance(body, pb.Poll):

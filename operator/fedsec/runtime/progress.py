@@ -30,6 +30,7 @@ class Display:
         self._round_task: TaskID | None = None
         self._rounds_task: TaskID | None = None
         self._participants = 0
+        self._join_task: TaskID | None = None
 
     def start(self, layout: RunLayout) -> None:
         job = layout.job
@@ -45,6 +46,7 @@ class Display:
                 console=self.console, transient=False,
             )
             self.progress.start()
+            self._join_task = self.progress.add_task("sites joined", total=len(layout.plan.admitted))
             self._rounds_task = self.progress.add_task("rounds", total=job.spec.rounds)
 
     def note(self, text: str) -> None:
@@ -53,7 +55,14 @@ class Display:
 
     def event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
+        if kind == "site_joined":
+            if self.progress is not None and self._join_task is not None:
+                self.progress.update(self._join_task, completed=ev["live"])
+            return
         if kind == "round_started":
+            if self.progress is not None and self._join_task is not None:
+                self.progress.remove_task(self._join_task)
+                self._join_task = None
             self._participants = len(ev["participants"])
             label = "feature statistics" if ev["kind"] == "stats" else f"round {ev['round']}/{ev['rounds']}"
             if ev.get("attempt", 1) > 1:
@@ -76,6 +85,7 @@ class Display:
                 if self._round_task is not None:
                     self.progress.remove_task(self._round_task)
                     self._round_task = None
+                self.progress.console.print(line)  # stays in the scrollback above the bars
             elif not self.quiet:
                 self.console.print(line)
         elif kind == "round_discarded":
