@@ -24,7 +24,6 @@ per-round Ed25519 signatures on the key adverts are counted.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
