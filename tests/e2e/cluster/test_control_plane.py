@@ -125,3 +125,19 @@ data: {{k: v}}
     kubectl("delete", "configmap", "owner", "-n", namespace, "--cascade=background")
     wait_until("the garbage collector to delete configmap child",
                lambda: kubectl("get", "configmap", "child", "-n", namespace, check=False).returncode != 0, 60)
+
+
+def test_namespace_deletion_removes_its_pods_and_finishes(kubectl: Kubectl) -> None:
+    import uuid
+
+    ns = f"doomed-{uuid.uuid4().hex[:6]}"
+    kubectl("create", "namespace", ns)
+    wait_until(f"ServiceAccount {ns}/default",
+               lambda: kubectl("get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0, 30)
+    kubectl("run", "sleeper", "-n", ns, "--image=not-pulled.invalid/sh", "--command", "--",
+            "/bin/sh", "-c", "sleep 3600")
+    kubectl("wait", "--for=condition=Ready", "pod/sleeper", "-n", ns, "--timeout=60s", timeout=70)
+    kubectl("delete", "namespace", ns, "--wait=false")
+    # The namespace controller deletes the pod, the node agent stops it, then the namespace goes.
+    wait_until(f"namespace {ns} to be gone",
+               lambda: kubectl("get", "namespace", ns, check=False).returncode != 0, 90)
