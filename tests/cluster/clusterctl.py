@@ -258,7 +258,15 @@ def release(user: int) -> None:
         log("left running: it was started by `make cluster-up`; stop it with `make cluster-down`")
 
 
+def _check_tools() -> None:
+    missing = [t for t in ("ip", "unshare", "setpriv", "mount", "sh") if shutil.which(t) is None]
+    if missing:
+        raise StartError(f"missing {', '.join(missing)}, which the node agent needs; "
+                         "install them with: apt-get install -y iproute2 util-linux mount")
+
+
 def _start(state: Path) -> Path:
+    _check_tools()
     if (state / "cluster.json").exists():
         log("found a stale cluster state; cleaning it up first")
         down()
