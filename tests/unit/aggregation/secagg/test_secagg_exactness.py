@@ -160,3 +160,28 @@ def test_two_dropouts_at_each_phase_leave_the_others_exact_sum(phase: str, graph
     assert agg.total_weight == pytest.approx(ref.total_weight, abs=1e-3)
     for name in ref.mean_delta:
         np.testing.assert_allclose(agg.mean_delta[name], ref.mean_delta[name], atol=1e-5)
+
+
+@pytest.mark.parametrize("phase", [ADVERTISE, SHARE])
+def test_a_client_whose_neighbours_all_vanish_is_left_out_and_the_rest_is_exact(phase: str) -> None:
+    # Degree 2: a closed neighbourhood of 3 with a local threshold of 2. When both neighbours of the
+    # victim vanish early, its secrets could never be rebuilt, so it is excluded before anything
+    # depends on it, and the others' sum is still exact.
+    n = 12
+    config = SecAggConfig(threshold=0.51, neighbours=2, complete_graph_max=1, clip_range=10.0)
+    mode = SecAggMode(config)
+    ctx = context(n, SPECS)
+    probe = mode.server(ctx)
+    victim = 5
+    gone = {ctx.participants[v] for v in probe.neighbours(victim)}
+    rng = np.random.default_rng(9)
+    updates = {c: ClientUpdate({s.name: rng.standard_normal(s.shape).astype(np.float32) for s in SPECS}, 3.0)
+               for c in ctx.participants}
+    run = run_round(mode, ctx, updates, {c: phase for c in gone}, weight_bound=3.0)
+    assert isinstance(run.outcome, Finished), run.outcome
+    want = [c for i, c in enumerate(ctx.participants) if c not in gone and i != victim]
+    assert run.outcome.aggregate.contributors == tuple(want)
+    assert run.clients[ctx.participants[victim]].state == (SHARE if phase == ADVERTISE else MASKED_INPUT)
+    ref = weighted_mean({c: updates[c] for c in want})
+    for name in ref.mean_delta:
+        np.testing.assert_allclose(run.outcome.aggregate.mean_delta[name], ref.mean_delta[name], atol=1e-5)
