@@ -124,7 +124,7 @@ def test_sum_is_bit_exact_on_inputs_that_quantize_exactly(n, graph, data):
     frac = SecAggMode(config).server(ctx).params.fixed.frac_bits
     ms = {c: np.array(data.draw(st.lists(st.integers(-1000, 1000), min_size=8, max_size=8))) for c in ctx.participants}
     updates = {c: ClientUpdate({"v": (m / 2.0**frac).astype(np.float32)}, 100.0) for c, m in ms.items()}
-    drops = data.draw(st.lists(st.sampled_from([None, None, SHARE, MASKED_INPUT, UNMASK]), min_size=n, max_size=n))
+    drops = data.draw(st.lists(st.sampled_from([None] * 6 + [ADVERTISE, SHARE, MASKED_INPUT, UNMASK]), min_size=n, max_size=n))
     drop_at = {c: p for c, p in zip(ctx.participants, drops) if p is not None}
     mode = SecAggMode(config)
     run = run_round(mode, ctx, updates, drop_at, weight_bound=100.0)
