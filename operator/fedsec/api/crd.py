@@ -1,0 +1,196 @@
+"""CustomResourceDefinitions generated from the spec models: one source for local validation and the API server.
+
+``python -m fedsec.api.crd`` writes ``crds/*.yaml``; ``tests/unit/api/test_crd.py`` fails when they
+drift from the models. The conversion turns pydantic's JSON Schema into a Kubernetes *structural*
+OpenAPI v3 schema: references inlined, ``anyOf [X, null]`` as ``nullable``, OpenAPI 3.0's boolean
+``exclusiveMinimum``, no ``additionalProperties: false`` beside ``properties`` (Kubernetes forbids
+it; unknown fields are pruned, and refused by kubectl's strict field validation). Cross-field
+rules that pydantic checks in Python are declared for the API server as CEL in ``CEL_RULES`` below,
+next to the model they belong to, so both sides refuse the same manifests.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from fedsec.api.client import FederatedClientSpec
+from fedsec.api.data import DataSource, Partition
+from fedsec.api.job import FederatedJobSpec, ModelSpec, PrivacySpec, QuorumSpec
+from fedsec.api.meta import GROUP, VERSION
+
+CRD_DIR = Path(__file__).resolve().parents[3] / "crds"
+
+# The model validators of the spec, for the API server. Keys are the models' titles.
+CEL_RULES: dict[str, list[dict[str, str]]] = {
+    ModelSpec.__name__: [
+        {"rule": "has(self.builtin) != has(self.factory)",
+         "message": "give exactly one of 'builtin' (logistic-regression, mlp) or 'factory'"},
+    ],
+    QuorumSpec.__name__: [
+        {"rule": "has(self.minClients) || has(self.minFraction)", "message": "give minClients, minFraction or both"},
+    ],
+    PrivacySpec.__name__: [
+        {"rule": "!has(self.mechanism) || self.mechanism == 'none' || has(self.targetEpsilon)",
+         "message": "a privacy mechanism needs targetEpsilon"},
+    ],
+    DataSource.__name__: [
+        {"rule": "has(self.builtin) != has(self.file)", "message": "give exactly one of 'builtin' or 'file'"},
+    ],
+    "Holdout": [
+        {"rule": "has(self.builtin) != has(self.file)", "message": "give exactly one of 'builtin' or 'file'"},
+    ],
+    Partition.__name__: [
+        {"rule": "self.shard < self.shards", "message": "shard must be less than shards (shards are numbered from 0)"},
+    ],
+    FederatedJobSpec.__name__: [
+        {"rule": "!has(self.quorum.minClients) || !has(self.secureAggregation) || !has(self.secureAggregation.threshold) "
+                 "|| self.secureAggregation.threshold <= 1.0 || self.secureAggregation.threshold <= double(self.quorum.minClients)",
+         "message": "secureAggregation.threshold as a count must not exceed quorum.minClients"},
+    ],
+}
+
+_DROP = {"title", "additionalProperties", "discriminator"}
+
+
+def structural(model: type[BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    defs = raw.pop("$defs", {})
+    return _convert(raw, defs)
+
+
+def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    if "$ref" in node:
+        name = node["$ref"].rsplit("/", 1)[-1]
+        target = copy.deepcopy(defs[name])
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _convert(merged, defs)
+    out: dict[str, Any] = {}
+    title = node.get("title")
+    any_of = node.get("anyOf")
+    if any_of is not None:
+        variants = [v for v in any_of if v.get("type") != "null"]
+        nullable = len(variants) < len(any_of)
+        types = {v.get("type") for v in variants}
+        if len(variants) == 1:
+            out.update(_convert(variants[0], defs))
+        elif types <= {"integer", "number"}:
+            out.update({"type": "number"})  # a count or a fraction: the model says which
+        else:
+            out.update({"x-kubernetes-preserve-unknown-fields": True})
+        if nullable:
+            out["nullable"] = True
+    for key, value in node.items():
+        if key in _DROP or key in ("anyOf", "$ref"):
+            continue
+        if key == "properties":
+            out["properties"] = {k: _convert(v, defs) for k, v in value.items()}
+        elif key == "items":
+            out["items"] = _convert(value, defs)
+        elif key == "exclusiveMinimum":
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "exclusiveMaximum":
+            out["maximum"], out["exclusiveMaximum"] = value, True
+        elif key == "default":
+            if value is not None and not isinstance(value, dict | list):
+                out["default"] = value
+        elif key == "const":
+            out["enum"] = [value]
+        else:
+            out[key] = value
+    if node.get("type") == "object" and "properties" not in node:
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) and extra:
+            value_schema = _convert(extra, defs)
+            if "type" in value_schema:
+                out["additionalProperties"] = value_schema
+            else:
+                out["x-kubernetes-preserve-unknown-fields"] = True
+    if title in CEL_RULES:
+        out["x-kubernetes-validations"] = CEL_RULES[title]
+    return out
+
+
+def _crd(kind: str, plural: str, short: str, spec_model: type[BaseModel], columns: list[dict[str, Any]]) -> dict[str, Any]:
+    spec_schema = structural(spec_model)
+    spec_schema.pop("description", None)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "fedsec"}},
+        "spec": {
+            "group": GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": kind, "listKind": f"{kind}List", "plural": plural, "singular": kind.lower(),
+                "shortNames": [short], "categories": ["fedsec"],
+            },
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": columns,
+                "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "description": (spec_model.__doc__ or kind).strip().splitlines()[0],
+                    "required": ["spec"],
+                    "properties": {
+                        "spec": spec_schema,
+                        # The status shape is the operator's to define (written by the controller only).
+                        "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                    },
+                }},
+            }],
+        },
+    }
+
+
+def _column(name: str, path: str, type_: str = "string", priority: int = 0) -> dict[str, Any]:
+    col: dict[str, Any] = {"name": name, "type": type_, "jsonPath": path}
+    if priority:
+        col["priority"] = priority
+    return col
+
+
+def crds() -> dict[str, dict[str, Any]]:
+    """File name -> CRD object."""
+    age = _column("Age", ".metadata.creationTimestamp", "date")
+    return {
+        "fedsec.io_federatedjobs.yaml": _crd("FederatedJob", "federatedjobs", "fj", FederatedJobSpec, [
+            _column("Phase", ".status.phase"),
+            _column("Round", ".status.round", "integer"),
+            _column("Quorum", ".status.quorum"),
+            _column("Epsilon", ".status.epsilonSpent", "number"),
+            _column("Metric", ".status.mainMetric"),
+            age,
+        ]),
+        "fedsec.io_federatedclients.yaml": _crd("FederatedClient", "federatedclients", "fc", FederatedClientSpec, [
+            _column("Phase", ".status.phase"),
+            _column("Budget", ".spec.privacy.budget", "number"),
+            _column("Remaining", ".status.remainingBudget", "number"),
+            age,
+        ]),
+    }
+
+
+def render(obj: dict[str, Any]) -> str:
+    header = "# Generated by `python -m fedsec.api.crd` from operator/fedsec/api; do not edit by hand.\n"
+    return header + yaml.safe_dump(obj, sort_keys=False, width=120, allow_unicode=True)
+
+
+def main() -> int:
+    CRD_DIR.mkdir(exist_ok=True)
+    for name, obj in crds().items():
+        (CRD_DIR / name).write_text(render(obj))
+        print(CRD_DIR / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
