@@ -7,8 +7,8 @@ sum of n values is zero-mean with |error| < n units of 2**-frac_bits * clip. The
 two's complement modulo 2**ring_bits. A sum of n such integers is exact in the ring as long as
 n * 2**frac_bits < 2**(ring_bits-1): that is the headroom the protocol reserves.
 
-The rounding noise comes from the AES-CTR PRG under a fresh random key: fast, and independent of
-the masks.
+The rounding noise comes from numpy's PCG64 under a fresh OS seed: it needs to be unbiased, not
+secret (only the masked sum leaves a client), and is independent of the masks.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsec.crypto.secagg.prg import expand
 
 MAX_FRAC_BITS = 40
 """float64 holds 53 significant bits: past 2**40 the fraction that stochastic rounding needs is lost."""
@@ -67,9 +66,11 @@ class FixedPoint:
         """
         if not 0.0 <= factor <= 1.0:
             raise ValueError(f"factor must be in [0, 1], got {factor}")
+        # In place wherever possible: at 1e5-1e6 coordinates, fresh temporaries cost page faults
+        # comparable to the arithmetic itself.
         v = values.astype(np.float64).ravel()
         c = self.clip_range
-        clipped = int(np.count_nonzero(np.abs(v) > c))
+        clipped = int(np.count_nonzero(v > c)) + int(np.count_nonzero(v < -c))
         np.clip(v, -c, c, out=v)
         v *= factor * self.unit / c
         self._round_into(v, out)
@@ -83,12 +84,13 @@ class FixedPoint:
         return int(out[0])
 
     def _round_into(self, v: np.ndarray, out: np.ndarray) -> None:
-        noise = expand(os.urandom(32), v.size, np.uint32)
-        # u = r / 2**32 in [0, 1) exactly: floor(v + u) rounds up with probability frac(v), so
-        # E[result] = v (to 32 bits of the fraction).
-        v += noise * 2.0**-32
+        # u uniform in [0, 1) with 53 random bits: floor(v + u) rounds up with probability frac(v),
+        # so E[result] = v. The noise needs no secrecy (only the masked sum leaves the client), so
+        # numpy's PCG64 under a fresh OS seed is enough, and it writes float64 directly.
+        rng = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
+        v += rng.random(v.size)
         np.floor(v, out=v)
-        out[...] = v.astype(self.signed).view(self.dtype)
+        np.copyto(out.reshape(-1).view(self.signed), v, casting="unsafe")  # two's complement
 
     def to_signed(self, ring: np.ndarray) -> np.ndarray:
         """Two's-complement reading of ring elements as signed integers."""
