@@ -80,7 +80,10 @@ def test_a_server_asking_for_both_share_kinds_of_a_peer_is_refused() -> None:
     with pytest.raises(ProtocolRejection) as exc:
         me.respond(UNMASK, greedy)
     assert exc.value.reason == "share_kind_conflict"
-    # having refused, the client reveals nothing more this round, however the server asks
+    # having refused, it holds no share or key of the round any more (Python cannot wipe memory;
+    # dropping the references is what it can do) ...
+    assert me._held == {} and me._own is None and me._seed is None and me._mask is None  # noqa: SLF001
+    # ... and reveals nothing more this round, however the server asks
     honest = pb.SecAggUnmaskRequest(survivors=[1, 2, 3, 4]).SerializeToString()
     with pytest.raises(ProtocolRejection, match="round_over"):
         me.respond(UNMASK, honest)
