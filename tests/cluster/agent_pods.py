@@ -161,9 +161,10 @@ class PodWorker(threading.Thread):
         self.dir.mkdir(parents=True, exist_ok=True)
         self._push_status()
         for c in self.inits + self.apps:
-            if not c.spec.get("command"):
-                raise_msg = (f"container {c.name!r} has no command: the test node agent runs no images, "
-                             f"so set `command` to a program on this machine (image {c.spec.get('image')!r} is ignored)")
+            if self._argv(c) is None:
+                raise_msg = (f"container {c.name!r} has no command and its image {c.spec.get('image')!r} has no "
+                             "entrypoint in tests/cluster/images.json: the test node agent runs no images, so set "
+                             "`command` to a program on this machine or add the image there")
                 self.phase, self.reason, self.message = "Failed", "NoCommand", raise_msg
                 for x in self.inits + self.apps:
                     x.state = {"terminated": {"exitCode": 128, "reason": "NoCommand", "message": raise_msg,
@@ -308,7 +309,7 @@ class PodWorker(threading.Thread):
             self.wake.wait(1)
             self.wake.clear()
             return False
-        argv = [_expand(a, env) for a in (c.spec.get("command") or []) + (c.spec.get("args") or [])]
+        argv = [_expand(a, env) for a in self._argv(c) or []]
         c.log_dir.mkdir(parents=True, exist_ok=True)
         launch = self.dir / f"launch-{c.name}.sh"
         launch.write_text(self._launcher(c))
@@ -321,6 +322,11 @@ class PodWorker(threading.Thread):
         c.ready = not c.spec.get("readinessProbe")
         c.next_probe = time.monotonic() + float((c.spec.get("readinessProbe") or {}).get("initialDelaySeconds", 0) or 0)
         return True
+
+    def _argv(self, c: Container) -> list[str] | None:
+        """command + args, with the image's entrypoint from images.json standing in for a missing command."""
+        command = c.spec.get("command") or self.agent.image_entrypoint(c.spec.get("image", ""))
+        return None if not command else list(command) + list(c.spec.get("args") or [])
 
     def _launcher(self, c: Container) -> str:
         lines = ["set -e", f"hostname {shlex.quote(self.hostname)}"]

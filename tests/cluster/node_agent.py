@@ -262,6 +262,16 @@ class Agent:
             self.workers[uid] = w
             w.start()
 
+    def image_entrypoint(self, image: str) -> list[str] | None:
+        if not hasattr(self, "_images"):
+            path = Path(__file__).resolve().parent / "images.json"
+            self._images = {k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("_")}
+        repo = image.split("@", 1)[0]
+        last = repo.rsplit("/", 1)[-1]
+        if ":" in last:
+            repo = repo[: len(repo) - len(last)] + last.split(":", 1)[0]
+        return self._images.get(repo) or self._images.get(repo.rsplit("/", 1)[-1])
+
     def worker_by_name(self, ns: str, name: str) -> PodWorker | None:
         with self.lock:
             return next((w for w in self.workers.values() if w.ns == ns and w.name == name), None)

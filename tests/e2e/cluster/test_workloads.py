@@ -304,3 +304,20 @@ def test_run_as_user_can_write_its_volumes(kubectl: Kubectl, namespace: str) -> 
     wait_until("pod nonroot to finish", lambda: pod_phase(kubectl, namespace, "nonroot") in ("Succeeded", "Failed"), 60)
     logs = kubectl("logs", "-n", namespace, "nonroot").stdout
     assert logs.split() == ["1000", "1000", "wrote"], logs
+
+
+def test_image_entrypoints_stand_in_for_a_missing_command(kubectl: Kubectl, namespace: str) -> None:
+    # images.json maps the project's image to its entrypoint, found on the pods' PATH (.venv/bin).
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "cli"},
+        "spec": {"restartPolicy": "Never",
+                 "containers": [{"name": "main", "image": "registry.invalid/team/fedsec:dev", "args": ["--help"]}]},
+    }, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "unknown"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "registry.invalid/other:1"}]},
+    })
+    wait_until("pod cli to succeed", lambda: pod_phase(kubectl, namespace, "cli") == "Succeeded", 60)
+    assert "usage" in kubectl("logs", "-n", namespace, "cli").stdout.lower()
+    wait_until("pod unknown to fail", lambda: pod_phase(kubectl, namespace, "unknown") == "Failed", 60)
+    st = kubectl.json("get", "pod", "unknown", "-n", namespace)["status"]
+    assert st["reason"] == "NoCommand" and "images.json" in st["message"]
