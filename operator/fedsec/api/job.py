@@ -56,6 +56,20 @@ class TaskSpec(Spec):
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     standardize: bool = Field(True, description="federated feature standardisation before round 1")
+    feature_ranges: list[list[float]] | None = Field(
+        None,
+        description="public [low, high] per feature (domain knowledge, not the sites' data): inputs are scaled "
+        "to [-1, 1] with them; the way to scale features under differential privacy",
+    )
+
+    @field_validator("feature_ranges")
+    @classmethod
+    def _ranges(cls, v: list[list[float]] | None) -> list[list[float]] | None:
+        for i, pair in enumerate(v or []):
+            lo, hi = (pair + [math.nan, math.nan])[:2] if len(pair) == 2 else (math.nan, math.nan)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"featureRanges[{i}] = [{lo}, {hi}]: give finite bounds with low < high")
+        return v
 
 
 class ClientsSpec(Spec):

@@ -6,7 +6,7 @@ quorum rules live here once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fedsec.api.client import FederatedClient
@@ -34,13 +34,41 @@ def select_clients(job: FederatedJob, clients: Sequence[FederatedClient]) -> lis
     )
 
 
-def plan_job(job: FederatedJob, clients: Sequence[FederatedClient]) -> JobPlan:
-    """Admit the selected sites and check the job can run with them; raise ManifestError if not."""
+def plan_job(
+    job: FederatedJob, clients: Sequence[FederatedClient], spent: Mapping[str, float] | None = None
+) -> JobPlan:
+    """Admit the selected sites and check the job can run with them; raise ManifestError if not.
+
+    A selected site whose terms the job does not meet (its policy, or its privacy budget given
+    ``spent``: epsilon other jobs already spent on each site, from the sites' ledgers) is refused
+    with the reason in ``JobPlan.refused``; the quorum is computed over the admitted sites.
+    """
+    from fedsec.privacy.admission import refusal
+
     errors: list[FieldError] = list(unsupported_in_job(job))
-    selected = select_clients(job, clients)
-    for c in selected:
+    errors.extend(_privacy_consistency(job))
+    matched = select_clients(job, clients)
+    for c in matched:
         errors.extend(unsupported_in_client(c))
-    if not selected:
+    refused: dict[str, str] = {}
+    if matched:
+        q_matched = job.spec.quorum.required(len(matched))
+        for c in matched:
+            reason = refusal(job, c, spent_elsewhere=(spent or {}).get(c.metadata.name, 0.0),
+                             quorum=q_matched, sites=len(matched))
+            if reason is not None:
+                refused[c.metadata.name] = reason
+    selected = [c for c in matched if c.metadata.name not in refused]
+    if matched and not selected:
+        errors.append(
+            FieldError(
+                "spec.clients.selector",
+                "every selected site refused the job: "
+                + "; ".join(f"{n}: {r}" for n, r in sorted(refused.items())),
+                obj=job.ref,
+            )
+        )
+    if not matched:
         errors.append(
             FieldError(
                 "spec.clients.selector",
@@ -55,10 +83,14 @@ def plan_job(job: FederatedJob, clients: Sequence[FederatedClient]) -> JobPlan:
         )
     quorum = job.spec.quorum.required(len(selected)) if selected else 0
     if selected and quorum > len(selected):
+        why = (
+            f" ({len(refused)} refused: " + "; ".join(f"{n}: {r}" for n, r in sorted(refused.items())) + ")"
+            if refused else ""
+        )
         errors.append(
             FieldError(
                 "spec.quorum.minClients",
-                f"the quorum needs {quorum} clients but the selector admits only {len(selected)}",
+                f"the quorum needs {quorum} clients but the selector admits only {len(selected)}{why}",
                 obj=job.ref,
             )
         )
@@ -67,7 +99,41 @@ def plan_job(job: FederatedJob, clients: Sequence[FederatedClient]) -> JobPlan:
         errors.extend(_secagg_consistency(job, quorum, len(selected)))
     if errors:
         raise ManifestError(errors)
-    return JobPlan(job=job, admitted=tuple(selected), refused={}, quorum=quorum)
+    return JobPlan(job=job, admitted=tuple(selected), refused=refused, quorum=quorum)
+
+
+def _privacy_consistency(job: FederatedJob) -> list[FieldError]:
+    """What a private job must not do: release unprotected feature statistics, or add distributed
+    noise without secure aggregation (the noise shares would be visible one by one)."""
+    s, errors = job.spec, []
+    ranges = s.task.feature_ranges
+    if ranges is not None and len(ranges) != s.model.input_dim:
+        errors.append(FieldError("spec.task.featureRanges", f"gives {len(ranges)} ranges for {s.model.input_dim} features (spec.model.inputDim)", obj=job.ref))
+    if ranges is not None and s.task.standardize:
+        errors.append(FieldError("spec.task.standardize", "featureRanges already scale the inputs; set standardize: false", obj=job.ref))
+    mech = s.privacy.mechanism
+    if mech == "none":
+        return errors
+    if s.task.standardize:
+        errors.append(
+            FieldError(
+                "spec.task.standardize",
+                f"under privacy.mechanism {mech!r} the feature-statistics round would release each site's feature "
+                "means without noise; set standardize: false and scale inputs with task.featureRanges (public "
+                "per-feature [low, high]), see docs/privacy.md",
+                obj=job.ref,
+            )
+        )
+    if mech == "distributed-gaussian" and s.secure_aggregation.mode != "secagg":
+        errors.append(
+            FieldError(
+                "spec.privacy.mechanism",
+                "distributed-gaussian adds each site's share of the noise under secure aggregation; "
+                "set secureAggregation.mode: secagg (or use dp-sgd)",
+                obj=job.ref,
+            )
+        )
+    return errors
 
 
 def _holdout_overlap(job: FederatedJob, sites: Sequence[FederatedClient]) -> list[FieldError]:

@@ -29,8 +29,6 @@ def unsupported_in_job(job: FederatedJob) -> list[FieldError]:
                 f"supported: {', '.join(sorted(IMPLEMENTED_MODES))}",
             )
         )
-    if s.privacy.mechanism != "none":
-        errors.append(_nyi("spec.privacy.mechanism", f"mechanism {s.privacy.mechanism!r}", ref, "use 'none'"))
     if s.defense.rule != "fedavg":
         errors.append(_nyi("spec.defense.rule", f"rule {s.defense.rule!r}", ref, "use 'fedavg'"))
     if s.defense.drift_guard is not None:
@@ -47,15 +45,9 @@ def unsupported_in_job(job: FederatedJob) -> list[FieldError]:
 def unsupported_in_client(client: FederatedClient) -> list[FieldError]:
     s, ref = client.spec, client.ref
     errors: list[FieldError] = []
-    policy_default = type(s.policy)()
-    if s.policy != policy_default:
-        set_fields = [
-            (f.alias or n) for n, f in type(s.policy).model_fields.items()
-            if getattr(s.policy, n) != getattr(policy_default, n)
-        ]
+    if s.policy.allowed_aggregator_images:
         errors.append(
-            _nyi(f"spec.policy.{set_fields[0]}", "site policy enforcement", ref, "remove spec.policy for now")
+            _nyi("spec.policy.allowedAggregatorImages", "checking aggregator images", ref,
+                 "remove the field until the operator lands (local runs have no images)")
         )
-    if s.privacy.budget is not None:
-        errors.append(_nyi("spec.privacy.budget", "the site privacy budget", ref, "remove the field for now"))
     return errors

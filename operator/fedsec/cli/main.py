@@ -39,7 +39,8 @@ def _run(args: argparse.Namespace) -> int:
     from fedsec.runtime.progress import Display
 
     try:
-        return local.run(Path(args.dir), run_dir=args.run_dir, job_name=args.job, display=Display(quiet=args.quiet))
+        return local.run(Path(args.dir), run_dir=args.run_dir, job_name=args.job, display=Display(quiet=args.quiet),
+                         ledger_dir=args.ledger_dir)
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return exitcodes.CONFIG_ERROR
@@ -50,7 +51,8 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedsec.runtime.progress import Display
 
     try:
-        return local.simulate(Path(args.scenario), run_dir=args.run_dir, display=Display(quiet=args.quiet))
+        return local.simulate(Path(args.scenario), run_dir=args.run_dir, display=Display(quiet=args.quiet),
+                              ledger_dir=args.ledger_dir)
     except ManifestError as exc:
         print(exc, file=sys.stderr)
         return exitcodes.CONFIG_ERROR
@@ -119,12 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", type=Path, help="where to write results (default: runs/JOB-TIME); an existing one is resumed")
     r.add_argument("--job", help="which FederatedJob, if DIR holds several")
     r.add_argument("--quiet", action="store_true", help="print only the summary path")
+    r.add_argument("--ledger-dir", type=Path, help="the sites' privacy ledgers (default: ledger/ next to the run directory)")
     r.set_defaults(fn=_run)
 
     s = sub.add_parser("simulate", help="run a Scenario: the job of its manifests directory with injected faults")
     s.add_argument("scenario", help="Scenario YAML file")
     s.add_argument("--run-dir", type=Path)
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--ledger-dir", type=Path, help="the sites' privacy ledgers (default: ledger/ next to the run directory)")
     s.set_defaults(fn=_simulate)
 
     a = sub.add_parser("audit", help="audit log tools")

@@ -10,6 +10,8 @@ the request just sent (``in_reply_to``), so an old reply cannot be replayed at u
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
 import logging
 import os
 import sys
@@ -26,6 +28,8 @@ from fedsec.aggregation.registry import mode_for
 from fedsec.crypto.pki import AGGREGATOR
 from fedsec.crypto.signing import Signer, Verifier
 from fedsec.protocol.engine import STATS
+from fedsec.privacy.distributed import clip_and_noise
+from fedsec.privacy.site import BudgetExhausted, SitePrivacyGuard
 from fedsec.protocol.rejections import Rejected
 from fedsec.runtime import exitcodes
 from fedsec.runtime.aggregator import KEY_EPOCH, METHOD, stats_specs
@@ -76,6 +80,17 @@ class SiteClient:
             epochs=t.local_epochs, batch_size=t.batch_size, optimizer=t.optimizer, learning_rate=t.learning_rate,
             momentum=t.momentum, weight_decay=t.weight_decay, seed=m.seed,
         )
+        self.privacy: SitePrivacyGuard | None = None
+        self._exhausted = ""
+        if spec.privacy.mechanism != "none":
+            if cfg.ledger_dir is None:
+                raise ValueError("a job with privacy needs the site's ledger directory (ledger_dir in the client config)")
+            self.privacy = SitePrivacyGuard(cfg.job, cfg.job_uid, cfg.site, cfg.ledger_dir, len(self.train))
+            if spec.privacy.mechanism == "dp-sgd":
+                self.train_config = dataclasses.replace(
+                    self.train_config, noise_multiplier=self.privacy.schedule.noise_multiplier,
+                    max_grad_norm=spec.privacy.clipping_norm,
+                )
         self.identity = PeerIdentity(self.name, self.signer.cert_der, self.signer.sign, self.verifier.verify_peer)
         self.channel = grpc.secure_channel(
             cfg.aggregator,
@@ -101,8 +116,9 @@ class SiteClient:
         count against a round's deadline: with many sites on few cores they add up to seconds."""
         sample = self.train.take(np.arange(min(len(self.train), 4)))
         scratch = copy.deepcopy(self.model)
+        private = {"noise_multiplier": 1.0, "max_grad_norm": 1.0} if self.train_config.private else {}
         train_local(scratch, sample, TrainConfig(epochs=1, batch_size=4, optimizer=self.train_config.optimizer,
-                                                 learning_rate=self.train_config.learning_rate, seed=0))
+                                                 learning_rate=self.train_config.learning_rate, seed=0, **private))
         if len(self.val):
             evaluate(scratch, self.val)
 
@@ -159,6 +175,8 @@ class SiteClient:
             which = reply.WhichOneof("kind")
             if which == "done":
                 log.info("job finished: %s (%s)", reply.done.status, reply.done.reason)
+                if self.privacy is not None:
+                    self.privacy.finished(f"job {reply.done.status}: {reply.done.reason}")
                 return exitcodes.OK
             if which == "wait":
                 if reply.wait.retry_after_ms:
@@ -171,7 +189,10 @@ class SiteClient:
         if self._round is None or self._round.round_id != task.round_id:
             self._round = _Round(task.round_id, self._start_round(task) if task.model else None)
         if self._round.protocol is None:
-            log.info("round %d: cannot take part in phase %s (no state for it); withdrawing", task.round_number, task.phase)
+            if self._exhausted:
+                log.info("round %d: budget exhausted (%s); withdrawing", task.round_number, self._exhausted)
+            else:
+                log.info("round %d: cannot take part in phase %s (no state for it); withdrawing", task.round_number, task.phase)
             self.call(pb.Contribution(withdraw=True), task.round_id, task.phase)
             return
         metrics = self._metrics if task.model else {}
@@ -190,7 +211,7 @@ class SiteClient:
         self._last_round_id = task.round_id
         self._fault(task.phase, task.round_number, before=False)
 
-    def _start_round(self, task: pb.Task) -> ClientProtocol:
+    def _start_round(self, task: pb.Task) -> ClientProtocol | None:
         """Receive the global model, evaluate it, train (or measure features), and set up the protocol."""
         started = time.monotonic()
         specs = tuple(wire_tensors.specs_of(tmodels.state_to_numpy(self.model)))
@@ -202,9 +223,15 @@ class SiteClient:
         else:
             global_state = wire_tensors.decode(task.model, specs)
             tmodels.load_numpy_state(self.model, global_state)
-            self._metrics = {k: float(v) for k, v in evaluate(self.model, self.val).items() if np.isfinite(v)} if len(self.val) else {}
-            n = train_local(self.model, self.train, self.train_config)
-            update = ClientUpdate(model_delta(tmodels.state_to_numpy(self.model), global_state), float(n))
+            if self.privacy is not None:
+                update_or_none = self._private_update(task, global_state, specs)
+                if update_or_none is None:
+                    return None
+                update = update_or_none
+            else:
+                self._metrics = {k: float(v) for k, v in evaluate(self.model, self.val).items() if np.isfinite(v)} if len(self.val) else {}
+                n = train_local(self.model, self.train, self.train_config)
+                update = ClientUpdate(model_delta(tmodels.state_to_numpy(self.model), global_state), float(n))
         ctx = RoundContext(
             job_uid=self.cfg.job_uid, round_id=task.round_id, participants=tuple(task.participants),
             min_survivors=task.min_survivors, tensor_specs=specs, seed=task.round_seed,
@@ -212,6 +239,40 @@ class SiteClient:
         log.info("round %d (%s): prepared update in %.2fs", task.round_number, task.kind, time.monotonic() - started)
         mode = self.stats_mode if task.kind == STATS else self.mode
         return mode.client(ctx, self.identity, update)
+
+    def _private_update(self, task: pb.Task, global_state: dict[str, np.ndarray], specs: tuple) -> ClientUpdate | None:
+        """Train under the job's privacy mechanism, or re-send the update already paid for; the spend
+        is in the ledger before this returns (so before anything of the update leaves the site).
+
+        Validation metrics are not sent: the validation rows are the site's data too, and only the
+        training rows are covered by the accountant. None: the budget is exhausted (withdraw)."""
+        assert self.privacy is not None
+        self._metrics = {}
+        if self._exhausted:
+            return None
+        sha = hashlib.sha256(task.model).hexdigest()
+        try:
+            prepared = self.privacy.prepare(task.round_number, sha)
+        except BudgetExhausted as exc:
+            self._exhausted = str(exc)
+            log.warning("%s stops training in this job (BudgetExhausted): %s", self.name, exc)
+            return None
+        distributed = self.privacy.mechanism == "distributed-gaussian"
+        weight = 1.0 if distributed else float(len(self.train))  # distributed: unweighted mean, sensitivity C
+        if prepared.reused is not None:
+            log.info("round %d: re-sending the update already paid for from this model (epsilon %.4f)",
+                     task.round_number, prepared.epsilon_after)
+            return ClientUpdate(wire_tensors.decode(prepared.reused, specs), weight)
+        train_local(self.model, self.train, self.train_config)
+        delta = model_delta(tmodels.state_to_numpy(self.model), global_state)
+        if distributed:
+            delta = clip_and_noise(
+                delta, {k for k, _ in self.model.named_parameters()}, clipping_norm=self.privacy.clipping_norm,
+                noise_multiplier=self.privacy.schedule.noise_multiplier, min_survivors=max(1, task.min_survivors),
+            )
+        eps = self.privacy.record(task.round_number, task.round_id, sha, wire_tensors.encode(delta))
+        log.info("round %d: epsilon spent by this job here: %.4f", task.round_number, eps)
+        return ClientUpdate(delta, weight)
 
     # -- scenario faults --------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ class ClientConfig(BaseModel):
     server_name: str = "aggregator"  # the name the aggregator's certificate must carry
     pki: PkiPaths
     faults: list[Fault] = Field(default_factory=list)
+    ledger_dir: Path | None = Field(None, description="where the site's privacy ledger lives (jobs with privacy)")
     give_up_seconds: float = Field(600.0, gt=0.0, description="stop when the aggregator is unreachable this long")
 
 

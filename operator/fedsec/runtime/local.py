@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedsec.api import loader
+from fedsec.api.client import FederatedClient
 from fedsec.api.errors import FieldError, ManifestError
 from fedsec.api.job import FederatedJob
 from fedsec.api.plan import JobPlan, plan_job
@@ -32,7 +33,10 @@ from fedsec.runtime import exitcodes
 from fedsec.runtime.checkpoints import write_json_atomic
 from fedsec.runtime.config import AggregatorConfig, ClientConfig, PkiPaths
 from fedsec.runtime.progress import Display
+from fedsec.privacy.ledger import REFUSED, JobRef, SiteLedger, ledger_path
+from fedsec.privacy.report import privacy_section
 from fedsec.runtime.report import SUMMARY
+from fedsec.telemetry.metrics import write_privacy_textfile
 
 MAX_RESTARTS = 3  # like a Job's backoffLimit; a crash loop ends the run instead of spinning
 TERMINATE_GRACE_SECONDS = 10.0
@@ -45,6 +49,8 @@ class RunLayout:
     plan: JobPlan
     job_uid: str
     faults: list[Fault] = field(default_factory=list)
+    ledger_dir: Path | None = None  # the sites' privacy ledgers (shared by runs)
+    sites: tuple[FederatedClient, ...] = ()  # every site the selector matched, admitted or refused
 
     @property
     def pki_dir(self) -> Path:
@@ -73,26 +79,58 @@ def pick_job(manifests: loader.Manifests, job_name: str | None) -> FederatedJob:
     return jobs[0]
 
 
-def prepare(manifests_dir: Path, run_dir: Path | None, job_name: str | None, faults: list[Fault]) -> RunLayout:
+def default_ledger_dir(run_dir: Path) -> Path:
+    """Next to the run directories, so that every run on this machine shares the sites' ledgers."""
+    return run_dir.parent / "ledger"
+
+
+def prepare(manifests_dir: Path, run_dir: Path | None, job_name: str | None, faults: list[Fault],
+            ledger_dir: Path | None = None) -> RunLayout:
     manifests = loader.load([manifests_dir])
     job = pick_job(manifests, job_name)
-    plan = plan_job(job, manifests.clients)
-    _check_faults(faults, plan)
     if run_dir is None:
         run_dir = Path("runs") / f"{job.metadata.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = run_dir.resolve()
     marker = run_dir / "run.json"
-    if marker.exists():  # resume: same job, same identities
+    info: dict[str, Any] = {}
+    if marker.exists():  # resume: same job, same identities, same ledgers
         info = json.loads(marker.read_text())
         if info.get("job") != job.metadata.name:
             raise ManifestError([FieldError("", f"{run_dir} holds a run of job {info.get('job')!r}, not {job.metadata.name!r}")])
         job_uid = str(info["job_uid"])
     else:
         job_uid = job.metadata.uid or str(uuid.uuid4())
+    if ledger_dir is None:
+        ledger_dir = Path(info["ledger_dir"]) if info.get("ledger_dir") else default_ledger_dir(run_dir)
+    ledger_dir = ledger_dir.resolve()
+    # Admission reads what other jobs spent on each site (never this job's own spend: a resumed
+    # job was admitted for its whole planned spend already).
+    spent = {c.metadata.name: SiteLedger(ledger_path(ledger_dir, c.metadata.name), c.metadata.name).spent(excluding=job_uid)
+             for c in manifests.clients}
+    plan = plan_job(job, manifests.clients, spent)
+    _check_faults(faults, plan)
+    matched = tuple(c for c in manifests.clients if c.metadata.name in set(plan.site_names) | set(plan.refused))
+    layout = RunLayout(run_dir, job, plan, job_uid, faults, ledger_dir, matched)
+    if not marker.exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        issue_job_pki(RunLayout(run_dir, job, plan, job_uid, faults), pki.new_ca(job.metadata.name))
-        write_json_atomic(marker, {"job": job.metadata.name, "job_uid": job_uid, "manifests": str(manifests_dir.resolve())})
-    return RunLayout(run_dir, job, plan, job_uid, faults)
+        issue_job_pki(layout, pki.new_ca(job.metadata.name))
+        write_json_atomic(marker, {"job": job.metadata.name, "job_uid": job_uid, "manifests": str(manifests_dir.resolve()),
+                                   "ledger_dir": str(ledger_dir)})
+    _record_refusals(layout)
+    return layout
+
+
+def _record_refusals(layout: RunLayout) -> None:
+    """The refused site's own record of why (under the operator: its FederatedClient status)."""
+    assert layout.ledger_dir is not None
+    ref = JobRef(layout.job_uid, layout.job.metadata.name, layout.job.metadata.namespace)
+    for name, reason in layout.plan.refused.items():
+        SiteLedger(ledger_path(layout.ledger_dir, name), name).set_status(ref, REFUSED, reason)
+
+
+def privacy_snapshot(layout: RunLayout) -> dict[str, Any]:
+    assert layout.ledger_dir is not None
+    return privacy_section(layout.job, layout.job_uid, layout.sites, layout.plan.refused, layout.ledger_dir)
 
 
 def _check_faults(faults: list[Fault], plan: JobPlan) -> None:
@@ -134,6 +172,7 @@ def write_configs(layout: RunLayout, port: int | None) -> None:
         ccfg = ClientConfig(
             job=layout.job, job_uid=layout.job_uid, site=site, aggregator=f"127.0.0.1:{port}",
             pki=layout.pki_paths(name), faults=[f for f in layout.faults if f.client == name],
+            ledger_dir=layout.ledger_dir,
         )
         write_json_atomic(layout.client_config(name), json.loads(ccfg.model_dump_json(by_alias=True)))
 
@@ -263,6 +302,20 @@ class Launcher:
                 for site in self.layout.plan.site_names:
                     self._start_client(site, 0)
         self.display.event(ev)
+        if ev.get("event") == "round_committed" and self.layout.job.spec.privacy.mechanism != "none":
+            section = self._privacy()
+            if section is not None:
+                self.display.privacy(section)
+
+    def _privacy(self) -> dict[str, Any] | None:
+        """The sites' ledgers as the summary and the display show them; also the metrics textfile."""
+        try:
+            section = privacy_snapshot(self.layout)
+            write_privacy_textfile(self.layout.run_dir / "privacy.prom", self.layout.job.metadata.name, section)
+            return section
+        except (OSError, ValueError) as exc:  # a ledger being replaced mid-read: the next round shows it
+            self.display.note(f"could not read the privacy ledgers: {exc}")
+            return None
 
     def _stop_all(self) -> None:
         for proc in list(self.procs.values()):
@@ -287,6 +340,10 @@ class Launcher:
                 if entry is not None:
                     entry["exit_codes"] = codes
                     entry["restarts"] = self.restarts.get(name, 0)
+            # ... and the privacy ledgers of the sites, which it reads as the operator reads their status.
+            section = self._privacy()
+            if section is not None:
+                summary["privacy"] = section
             write_json_atomic(summary_path, summary)
         self.display.finish(summary, summary_path if summary else None, self.layout.run_dir)
         if not summary:
@@ -295,12 +352,12 @@ class Launcher:
 
 
 def run(manifests_dir: Path, *, run_dir: Path | None = None, job_name: str | None = None,
-        faults: list[Fault] | None = None, display: Display) -> int:
-    layout = prepare(manifests_dir, run_dir, job_name, faults or [])
+        faults: list[Fault] | None = None, display: Display, ledger_dir: Path | None = None) -> int:
+    layout = prepare(manifests_dir, run_dir, job_name, faults or [], ledger_dir)
     return Launcher(layout, display).run()
 
 
-def simulate(scenario_path: Path, *, run_dir: Path | None = None, display: Display) -> int:
+def simulate(scenario_path: Path, *, run_dir: Path | None = None, display: Display, ledger_dir: Path | None = None) -> int:
     manifests = loader.load([scenario_path])
     if len(manifests.scenarios) != 1 or manifests.jobs or manifests.clients:
         raise ManifestError([FieldError("kind", "a scenario file must hold exactly one Scenario and nothing else", source=str(scenario_path))])
@@ -308,4 +365,4 @@ def simulate(scenario_path: Path, *, run_dir: Path | None = None, display: Displ
     target = (scenario_path.parent / scenario.spec.manifests).resolve()
     if not target.is_dir():
         raise ManifestError([FieldError("spec.manifests", f"{target} is not a directory", source=str(scenario_path), obj=scenario.ref)])
-    return run(target, run_dir=run_dir, faults=list(scenario.spec.faults), display=display)
+    return run(target, run_dir=run_dir, faults=list(scenario.spec.faults), display=display, ledger_dir=ledger_dir)

@@ -39,6 +39,11 @@ class Display:
                 f"[bold]{job.metadata.name}[/]: {len(layout.plan.admitted)} sites, quorum {layout.plan.quorum}, "
                 f"{job.spec.rounds} rounds, secure aggregation: {job.spec.secure_aggregation.mode}"
             )
+            p = job.spec.privacy
+            if p.mechanism != "none":
+                self.console.print(f"privacy: {p.mechanism}, target epsilon {p.target_epsilon:g} per site at delta {p.delta:g} ({p.accountant})")
+            for name, reason in sorted(layout.plan.refused.items()):
+                self.console.print(f"[yellow]{name} refused the job: {reason}[/]")
             self.console.print(f"run directory: {layout.run_dir}")
         if self.live:
             self.progress = Progress(
@@ -48,6 +53,18 @@ class Display:
             self.progress.start()
             self._join_task = self.progress.add_task("sites joined", total=len(layout.plan.admitted))
             self._rounds_task = self.progress.add_task("rounds", total=job.spec.rounds)
+
+    def privacy(self, section: dict[str, Any]) -> None:
+        """After each committed round of a private job: the epsilon the sites have spent so far."""
+        from fedsec.privacy.report import one_line
+
+        line = one_line(section)
+        if not line or self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.console.print(f"           {line}")
+        else:
+            self.console.print(f"           {line}")
 
     def note(self, text: str) -> None:
         if not self.quiet:
@@ -105,6 +122,13 @@ class Display:
             table.add_row("rounds", f"{summary['rounds_completed']} of {summary['rounds_planned']} ({summary['round_attempts']} attempts)")
             if summary.get("final_metrics"):
                 table.add_row("final", f"{_fmt_metrics(summary['final_metrics'])}  [{summary.get('final_metrics_source', '')}]")
+            priv = summary.get("privacy") or {}
+            if priv.get("mechanism", "none") != "none":
+                from fedsec.privacy.report import one_line
+
+                table.add_row("privacy", one_line(priv))
+            for name, reason in sorted(priv.get("refused", {}).items()):
+                table.add_row("refused", f"{name}: {reason}")
             if summary.get("rejected_messages"):
                 table.add_row("rejected", ", ".join(f"{k}: {v}" for k, v in summary["rejected_messages"].items()))
             table.add_row("plot", summary["artifacts"]["plot"])

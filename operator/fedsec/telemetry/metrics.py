@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server, write_to_textfile
 
 
 class AggregatorMetrics:
@@ -41,3 +44,29 @@ class AggregatorMetrics:
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         return int(server.server_port)
+
+
+def write_privacy_textfile(path: Path, job: str, section: dict[str, Any]) -> None:
+    """Privacy gauges in Prometheus' text format (for node-exporter's textfile collector), from a
+    summary's ``privacy`` section: written by the local launcher after every committed round; the
+    operator will export the same gauges from the FederatedClients' status.
+
+    ``fedsec_privacy_epsilon_spent{job,site}`` (this job at each site), ``fedsec_privacy_epsilon_target{job}``,
+    ``fedsec_privacy_site_epsilon_total{site}`` and ``fedsec_privacy_site_budget_remaining{site}``
+    (all jobs on the site's data), ``fedsec_privacy_sites_refused{job}``.
+    """
+    reg = CollectorRegistry()
+    spent = Gauge("fedsec_privacy_epsilon_spent", "Epsilon this job spent at a site", ["job", "site"], registry=reg)
+    target = Gauge("fedsec_privacy_epsilon_target", "The job's target epsilon per site", ["job"], registry=reg)
+    total = Gauge("fedsec_privacy_site_epsilon_total", "Epsilon spent on a site by every job", ["site"], registry=reg)
+    remaining = Gauge("fedsec_privacy_site_budget_remaining", "Epsilon left in a site's budget", ["site"], registry=reg)
+    refused = Gauge("fedsec_privacy_sites_refused", "Sites that refused the job", ["job"], registry=reg)
+    if section.get("target_epsilon") is not None:
+        target.labels(job).set(section["target_epsilon"])
+    for site, row in section.get("sites", {}).items():
+        spent.labels(job, site).set(row["epsilon_this_job"])
+        total.labels(site).set(row["spent_total"])
+        if row.get("remaining") is not None:
+            remaining.labels(site).set(row["remaining"])
+    refused.labels(job).set(len(section.get("refused", {})))
+    write_to_textfile(str(path), reg)

@@ -7,6 +7,7 @@ optimizer, data_loader, ...)`` without restructuring.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,6 +70,14 @@ class TrainConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     seed: int = 0
+    # DP-SGD (Opacus): per-sample gradients clipped to max_grad_norm, Gaussian noise of std
+    # noise_multiplier * max_grad_norm added to their sum each step, Poisson-sampled batches.
+    noise_multiplier: float | None = None
+    max_grad_norm: float | None = None
+
+    @property
+    def private(self) -> bool:
+        return self.noise_multiplier is not None
 
     def __post_init__(self) -> None:
         _check_int("epochs", self.epochs, 1)
@@ -82,6 +91,11 @@ class TrainConfig:
         _check_int("seed", self.seed, 0)
         if self.optimizer == "adam" and self.momentum != 0.0:
             raise ValueError("TrainConfig.momentum applies to optimizer 'sgd' only; set it to 0 for 'adam'")
+        if (self.noise_multiplier is None) != (self.max_grad_norm is None):
+            raise ValueError("TrainConfig: give both noise_multiplier and max_grad_norm for DP-SGD, or neither")
+        if self.noise_multiplier is not None:
+            _check_float("noise_multiplier", self.noise_multiplier, low=0.0, high=math.inf, closed="[)")
+            _check_float("max_grad_norm", self.max_grad_norm, low=0.0, high=math.inf, closed="()")
 
 
 class _BatchedRows(TensorDataset):
@@ -151,6 +165,8 @@ def train_local(model: nn.Module, table: Table, config: TrainConfig) -> int:
     else:
         optimizer = torch.optim.Adam(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     loader = make_loader(table, config.batch_size, config.seed)
+    if config.private:
+        return _train_private(model, optimizer, loader, table, config)
 
     was_training = model.training
     model.train()
@@ -173,6 +189,63 @@ def train_local(model: nn.Module, table: Table, config: TrainConfig) -> int:
                     )
     finally:
         model.train(was_training)
+    return len(table)
+
+
+def _train_private(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, table: Table, config: TrainConfig
+) -> int:
+    """DP-SGD with Opacus: ``PrivacyEngine.make_private`` wraps the model in a GradSampleModule
+    (vectorised per-sample gradients), the optimizer in a DPOptimizer (per-sample clipping to
+    ``max_grad_norm``, Gaussian noise) and the loader in a Poisson-sampling DPDataLoader
+    (``ceil(n / batch_size)`` steps per epoch at rate ``1 / ceil(n / batch_size)``).
+
+    Sampling and noise draw from a generator seeded by the operating system, never from the job's
+    public seed (a known seed would let anyone subtract the noise). Poisson sampling can draw an
+    empty batch: the step is still taken, with no per-sample gradient and only the noise, exactly
+    the mechanism the accountant composes (skipping it would reveal that the batch was empty). The
+    trained weights are copied back into ``model``; the caller's global RNG is left as it was.
+    """
+    import secrets
+    import warnings
+
+    from opacus import PrivacyEngine
+
+    work = copy.deepcopy(model)
+    work_params = [p for p in work.parameters() if p.requires_grad]
+    opt = type(optimizer)(work_params, **optimizer.defaults)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Opacus warns about secure_mode and the RNG; documented in docs/privacy.md
+        engine = PrivacyEngine(accountant="rdp")
+        noise = torch.Generator().manual_seed(secrets.randbits(63))
+        dp_model, dp_opt, dp_loader = engine.make_private(
+            module=work, optimizer=opt, data_loader=loader, noise_multiplier=float(config.noise_multiplier),
+            max_grad_norm=float(config.max_grad_norm), poisson_sampling=True, noise_generator=noise,
+        )
+    dp_model.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(secrets.randbits(63))  # Poisson sampling draws from the global RNG
+            for epoch in range(config.epochs):
+                total = torch.zeros(())
+                for xb, yb in dp_loader:
+                    dp_opt.zero_grad(set_to_none=True)
+                    if len(xb) == 0:  # an empty Poisson batch: a noise-only step
+                        (dp_model(xb).sum() * 0.0).backward()
+                        dp_opt.step()
+                        continue
+                    loss = _loss(dp_model(xb), yb)
+                    loss.backward()
+                    dp_opt.step()
+                    total += loss.detach()
+                if not torch.isfinite(total):
+                    raise TrainingError(
+                        f"training loss became NaN or infinite in epoch {epoch + 1}; "
+                        f"lower the learning rate (now {config.learning_rate}) or scale the features"
+                    )
+    finally:
+        dp_model._close()  # remove Opacus' hooks from the working copy
+    model.load_state_dict(work.state_dict())
     return len(table)
 
 

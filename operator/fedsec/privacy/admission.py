@@ -1,0 +1,76 @@
+"""Whether a job may run at a site: both sides' terms, and the site's remaining budget. Pure.
+
+The local launcher and the operator call :func:`refusal` through ``plan_job``; a refused site is
+left out of the job with the reason (in the job's summary and in the site's own ledger), and the
+job runs on the others if its quorum still holds.
+
+What a job spends at a site, as planned, is its ``targetEpsilon``: the noise is calibrated so that
+the site's epsilon after every planned round is at most that. A job without differential privacy
+has unbounded epsilon, so a site with a budget or a per-job cap never admits one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from fedsec.api.client import FederatedClient
+from fedsec.api.job import FederatedJob
+
+
+def planned_epsilon(job: FederatedJob) -> float:
+    """Epsilon the job may spend at each site it runs at (infinite without DP)."""
+    p = job.spec.privacy
+    return math.inf if p.mechanism == "none" or p.target_epsilon is None else float(p.target_epsilon)
+
+
+def least_survivors(job: FederatedJob, quorum: int, sites: int) -> tuple[float, int]:
+    """The job's secure-aggregation threshold as (fraction of a round, least survivors of any round)."""
+    from fedsec.aggregation.secagg.config import DEFAULT_THRESHOLD
+
+    t = job.spec.secure_aggregation.threshold
+    t = DEFAULT_THRESHOLD if t is None else t
+    if isinstance(t, float):
+        return t, max(quorum, math.ceil(t * quorum - 1e-9))
+    return t / max(sites, 1), max(quorum, t)
+
+
+def refusal(
+    job: FederatedJob, site: FederatedClient, *, spent_elsewhere: float, quorum: int, sites: int
+) -> str | None:
+    """Why ``job`` cannot run at ``site`` (None: it can). ``spent_elsewhere`` is the epsilon other
+    jobs have spent on the site (its ledger); ``quorum`` and ``sites`` describe the job's rounds."""
+    pol, s = site.spec.policy, job.spec
+    mech, mode = s.privacy.mechanism, s.secure_aggregation.mode
+    if pol.accept_namespaces and job.metadata.namespace not in pol.accept_namespaces:
+        return f"the site accepts jobs from namespaces {pol.accept_namespaces} only; the job is in {job.metadata.namespace!r}"
+    if pol.accept_jobs is not None and not pol.accept_jobs.matches(job.metadata.labels):
+        return "the job's labels do not match the site's policy.acceptJobs selector"
+    if pol.required_modes and mode not in pol.required_modes:
+        return f"the site requires secureAggregation.mode in {pol.required_modes}; the job uses {mode!r}"
+    if pol.require_dp and mech == "none":
+        return "the site requires differential privacy (policy.requireDP); the job has privacy.mechanism 'none'"
+    if pol.min_secure_aggregation_threshold is not None:
+        want = pol.min_secure_aggregation_threshold
+        if mode == "none":
+            return f"the site requires a secure-aggregation threshold of at least {want:g}; the job uses no secure aggregation"
+        fraction, count = least_survivors(job, quorum, sites)
+        if want <= 1.0 and fraction + 1e-12 < want:
+            return f"the site requires a secure-aggregation threshold of at least {want:g} of a round; the job's is {fraction:.3g}"
+        if want > 1.0 and count < want:
+            return f"the site requires at least {want:g} survivors in every unmasked round; the job's rounds may unmask with {count}"
+    planned = planned_epsilon(job)
+    cap = pol.max_epsilon_per_job
+    if cap is not None and planned > cap:
+        what = "has no differential privacy (unbounded epsilon)" if math.isinf(planned) else f"plans epsilon {planned:g}"
+        return f"the site caps epsilon per job at {cap:g} (policy.maxEpsilonPerJob); the job {what}"
+    budget = site.spec.privacy.budget
+    if budget is not None:
+        remaining = budget - spent_elsewhere
+        if math.isinf(planned):
+            return f"the site has a privacy budget (epsilon {budget:g}, {remaining:.3g} left); the job has no differential privacy"
+        if planned > remaining + 1e-12:
+            return (
+                f"the job plans to spend epsilon {planned:g} here but the site's budget of {budget:g} has only "
+                f"{max(remaining, 0.0):.3g} left ({spent_elsewhere:.3g} spent by other jobs)"
+            )
+    return None
