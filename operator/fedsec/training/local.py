@@ -224,7 +224,8 @@ def _train_private(
         )
     dp_model.train()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook")  # no input needs a gradient: expected
             torch.manual_seed(secrets.randbits(63))  # Poisson sampling draws from the global RNG
             for epoch in range(config.epochs):
                 total = torch.zeros(())

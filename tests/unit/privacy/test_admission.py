@@ -1,0 +1,71 @@
+"""Policy and budget: a job that does not meet a site's terms is refused there, with the reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedsec.api.errors import ManifestError
+from fedsec.api.plan import plan_job
+from fedsec.privacy.admission import refusal
+
+from privacy_manifests import job, site
+
+NO_DP = {"mechanism": "none"}
+
+
+@pytest.mark.parametrize(
+    ("j", "s", "spent", "says"),
+    [
+        (job(NO_DP), site("h", policy={"requireDp": True}), 0.0, "requires differential privacy"),
+        (job(), site("h", policy={"maxEpsilonPerJob": 1.0}), 0.0, "caps epsilon per job at 1"),
+        (job(NO_DP), site("h", policy={"maxEpsilonPerJob": 1.0}), 0.0, "no differential privacy"),
+        (job(), site("h", budget=0.5), 0.0, "budget of 0.5 has only 0.5 left"),
+        (job(), site("h", budget=3.0), 2.0, "has only 1 left (2 spent by other jobs)"),
+        (job(NO_DP), site("h", budget=3.0), 0.0, "has no differential privacy"),
+        (job(sa={"mode": "secagg", "threshold": 0.6}), site("h", policy={"minSecureAggregationThreshold": 0.75}), 0.0,
+         "threshold of at least 0.75"),
+        (job(sa={"mode": "none"}, privacy={"mechanism": "dp-sgd", "targetEpsilon": 1.0}),
+         site("h", policy={"minSecureAggregationThreshold": 0.6}), 0.0, "uses no secure aggregation"),
+        (job(sa={"mode": "none"}), site("h", policy={"requiredModes": ["secagg"]}), 0.0, "requires secureAggregation.mode"),
+        (job(), site("h", policy={"acceptNamespaces": ["research"]}), 0.0, "namespaces ['research'] only"),
+        (job(), site("h", policy={"acceptJobs": {"matchLabels": {"team": "cardio"}}}), 0.0, "acceptJobs"),
+    ],
+)
+def test_refusals_say_why(j, s, spent: float, says: str) -> None:
+    reason = refusal(j, s, spent_elsewhere=spent, quorum=2, sites=4)
+    assert reason is not None and says in reason, reason
+
+
+def test_terms_that_hold_admit() -> None:
+    s = site("h", budget=4.0, policy={"requireDp": True, "maxEpsilonPerJob": 2.0, "minSecureAggregationThreshold": 0.6,
+                                      "requiredModes": ["secagg"], "acceptJobs": {"matchLabels": {"team": "onco"}}})
+    assert refusal(job(), s, spent_elsewhere=2.8, quorum=2, sites=4) is None
+    assert refusal(job(NO_DP), site("h"), spent_elsewhere=0.0, quorum=2, sites=4) is None
+
+
+def test_plan_leaves_refused_sites_out_and_counts_quorum_over_the_rest() -> None:
+    sites = [site(f"h{i}", budget=4.0, shard=i) for i in range(3)] + [site("h3", budget=0.5, shard=3)]
+    plan = plan_job(job(quorum={"minFraction": 0.6}), sites)
+    assert plan.site_names == ("h0", "h1", "h2")
+    assert "budget of 0.5" in plan.refused["h3"]
+    assert plan.quorum == 2  # ceil(0.6 * 3)
+    plan = plan_job(job(quorum={"minFraction": 0.6}), sites, spent={"h0": 3.5})
+    assert set(plan.refused) == {"h0", "h3"}
+
+
+def test_plan_fails_with_the_reasons_when_too_few_remain() -> None:
+    sites = [site("h0", budget=0.5), site("h1", budget=4.0, shard=1), site("h2", budget=0.1, shard=2)]
+    with pytest.raises(ManifestError) as err:
+        plan_job(job(quorum={"minClients": 2}), sites)
+    text = str(err.value)
+    assert "only 1" in text and "h0: the job plans to spend epsilon 1.2" in text and "h2:" in text
+
+
+def test_private_jobs_may_not_release_feature_statistics() -> None:
+    with pytest.raises(ManifestError, match="standardize"):
+        plan_job(job(standardize=True), [site("h0"), site("h1", shard=1)])
+    with pytest.raises(ManifestError, match="featureRanges"):
+        plan_job(job(featureRanges=[[0, 1]] * 3), [site("h0"), site("h1", shard=1)])
+    with pytest.raises(ManifestError, match="secureAggregation.mode: secagg"):
+        plan_job(job({"mechanism": "distributed-gaussian", "targetEpsilon": 2.0}, sa={"mode": "none"}),
+                 [site("h0"), site("h1", shard=1)])
