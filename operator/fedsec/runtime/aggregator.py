@@ -50,6 +50,8 @@ log = logging.getLogger("fedsec.aggregator")
 SERVICE = "fedsec.v1.Rounds"
 METHOD = f"/{SERVICE}/Exchange"
 LONG_POLL_SECONDS = 10.0
+SITE_METRICS = frozenset({"loss", "accuracy", "auc", "samples"})  # all a site may report
+MAX_DECLARED_SAMPLES = 10_000_000  # a declared size sets the round's weight bound: keep a liar's claim bounded
 KEY_EPOCH = 0  # key rotation lands with the keys issue; until then every key is epoch 0
 
 
@@ -227,7 +229,8 @@ class Aggregator:
     def _dispatch(self, sender: str, header: pb.Header, body: Any) -> pb.Reply | pb.Ack:
         with self.cond:
             if isinstance(body, pb.Join):
-                self._apply(self.engine.seen(sender, time.monotonic(), int(body.num_samples)))
+                samples = min(int(body.num_samples), MAX_DECLARED_SAMPLES)
+                self._apply(self.engine.seen(sender, time.monotonic(), samples))
                 self.audit.append("site-joined", site=sender, samples=int(body.num_samples))
                 self.events.emit("site_joined", site=sender, live=len(self.engine.live_sites), sites=len(self.cfg.sites))
                 self.cond.notify_all()
@@ -241,7 +244,8 @@ class Aggregator:
     def _long_poll(self, sender: str, body: pb.Poll) -> pb.Reply:
         deadline = time.monotonic() + LONG_POLL_SECONDS
         while True:
-            result, effects = self.engine.poll(sender, body.last_round_id, time.monotonic(), int(body.num_samples))
+            samples = min(int(body.num_samples), MAX_DECLARED_SAMPLES)
+            result, effects = self.engine.poll(sender, body.last_round_id, time.monotonic(), samples)
             self._apply(effects)
             if isinstance(result, eng.TaskView):
                 return pb.Reply(task=self._task(result))
@@ -262,7 +266,7 @@ class Aggregator:
         )
 
     def _contribution(self, sender: str, header: pb.Header, body: pb.Contribution) -> pb.Ack:
-        metrics = {k: float(v) for k, v in body.metrics.items() if np.isfinite(v)}
+        metrics = {k: float(v) for k, v in body.metrics.items() if k in SITE_METRICS and np.isfinite(v)}
         number = self.engine.current_round_number
         effects = self.engine.contribute(
             sender, header.round_id, header.phase, body.response, metrics, body.withdraw, time.monotonic()
