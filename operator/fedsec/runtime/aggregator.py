@@ -50,7 +50,7 @@ log = logging.getLogger("fedsec.aggregator")
 SERVICE = "fedsec.v1.Rounds"
 METHOD = f"/{SERVICE}/Exchange"
 LONG_POLL_SECONDS = 10.0
-SITE_METRICS = frozenset({"loss", "accuracy", "auc", "samples"})  # all a site may report
+SITE_METRICS = frozenset({"loss", "accuracy", "auc", "samples", "epsilon"})  # all a site may report
 MAX_DECLARED_SAMPLES = 10_000_000  # a declared size sets the round's weight bound: keep a liar's claim bounded
 KEY_EPOCH = 0  # key rotation lands with the keys issue; until then every key is epoch 0
 
