@@ -1,0 +1,124 @@
+"""Differential privacy on real processes: spend per site, budgets across jobs and restarts, refusals."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from fedsec_runs import RUN_TIMEOUT_SECONDS, committed_rounds, fedsec, summary_of, write_job_dir
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PRIVACY = {"mechanism": "dp-sgd", "targetEpsilon": 2.0, "delta": 1e-5, "clippingNorm": 1.0}
+
+
+def private_job(root: Path, *, sites: int = 4, rounds: int = 3, budgets: dict[int, float] | None = None,
+                name: str = "small", quorum: dict[str, Any] | None = None, privacy: dict[str, Any] | None = None) -> Path:
+    write_job_dir(root, sites=sites, rounds=rounds, quorum=quorum or {"minClients": 2}, round_timeout=20,
+                  extra_spec={"task": {"localEpochs": 1, "batchSize": 16, "learningRate": 0.5, "standardize": False},
+                              "privacy": privacy or PRIVACY})
+    docs = list(yaml.safe_load_all((root / "manifests.yaml").read_text()))
+    docs[0]["metadata"]["name"] = name
+    for i, doc in enumerate(docs[1:]):
+        doc["spec"]["privacy"] = {"budget": (budgets or {}).get(i, 10.0)}
+    (root / "manifests.yaml").write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return root
+
+
+def ledger(ledger_dir: Path, site: str) -> dict[str, Any]:
+    return json.loads((ledger_dir / f"{site}.json").read_text())
+
+
+def test_spend_per_site_within_target_and_over_budget_site_refused(tmp_path: Path) -> None:
+    manifests = private_job(tmp_path / "m", budgets={3: 0.5})
+    led = tmp_path / "ledger"
+    proc = fedsec("run", str(manifests), "--run-dir", str(tmp_path / "run"), "--ledger-dir", str(led), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary_of(proc)
+    assert s["status"] == "Succeeded" and committed_rounds(s) == [1, 2, 3]
+    p = s["privacy"]
+    assert set(s["clients"]) == {"site-0", "site-1", "site-2"}  # site-3 never ran
+    assert "budget of 0.5 has only 0.5 left" in p["refused"]["site-3"]
+    for name in ("site-0", "site-1", "site-2"):
+        row = p["sites"][name]
+        assert row["rounds_released"] == 3
+        assert 0.95 * 2.0 <= row["epsilon_this_job"] <= 2.0
+        assert row["remaining"] == pytest.approx(10.0 - row["epsilon_this_job"])
+    # the refused site's own record says why, too
+    entry = next(iter(ledger(led, "site-3")["jobs"].values()))
+    assert entry["status"] == "Refused" and "budget" in entry["reason"] and entry["releases"] == []
+    assert "fedsec_privacy_epsilon_spent" in (tmp_path / "run" / "privacy.prom").read_text()
+
+
+def test_second_job_sees_the_first_and_an_overspend_is_refused_before_training(tmp_path: Path) -> None:
+    manifests = private_job(tmp_path / "m", budgets={0: 3.0, 1: 3.0, 2: 3.0, 3: 3.0})
+    led = tmp_path / "ledger"
+    first = fedsec("run", str(manifests), "--run-dir", str(tmp_path / "a"), "--ledger-dir", str(led), "--quiet")
+    assert first.returncode == 0, first.stderr[-3000:]
+    spent = {n: r["epsilon_this_job"] for n, r in summary_of(first)["privacy"]["sites"].items()}
+    # the same manifests again: a new job (new uid) on the same data; 2.0 more would exceed 3.0
+    second = fedsec("run", str(manifests), "--run-dir", str(tmp_path / "b"), "--ledger-dir", str(led), "--quiet")
+    assert second.returncode == 2
+    assert "the job plans to spend epsilon 2 here but the site's budget of 3 has only" in second.stderr
+    assert not (tmp_path / "b").exists()  # refused before any process, key or training
+    for n, eps in spent.items():
+        doc = ledger(led, n)
+        assert len(doc["jobs"]) == 1  # nothing recorded for the refused job's training
+        assert next(iter(doc["jobs"].values()))["epsilon"] == pytest.approx(eps)
+
+
+def _run_until_round(args: list[str], round_number: int) -> int:
+    """Start a run, wait until ``round_number`` is committed, then interrupt it as Ctrl-C would."""
+    proc = subprocess.Popen([sys.executable, "-m", "fedsec", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
+    for line in proc.stderr:
+        if line.lstrip().startswith(f"round {round_number:>3}/"):
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.monotonic() < deadline
+    proc.communicate(timeout=60)
+    return proc.returncode
+
+
+def test_a_run_killed_and_restarted_spends_what_an_uninterrupted_run_spends(tmp_path: Path) -> None:
+    manifests = private_job(tmp_path / "m", rounds=4, quorum={"minClients": 4})
+    whole = fedsec("run", str(manifests), "--run-dir", str(tmp_path / "whole"), "--ledger-dir", str(tmp_path / "l1"), "--quiet")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    args = ["run", str(manifests), "--run-dir", str(tmp_path / "cut"), "--ledger-dir", str(tmp_path / "l2")]
+    assert _run_until_round(args, 2) == 130
+    resumed = fedsec(*args, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = summary_of(whole)["privacy"]["sites"], summary_of(resumed)["privacy"]["sites"]
+    assert committed_rounds(summary_of(resumed)) == [1, 2, 3, 4]
+    for name in a:
+        assert b[name]["rounds_released"] == a[name]["rounds_released"] == 4
+        assert b[name]["epsilon_this_job"] == pytest.approx(a[name]["epsilon_this_job"], rel=1e-9)
+        assert b[name]["epsilon_this_job"] <= 2.0
+
+
+def test_aggregator_and_client_crashes_do_not_double_count(tmp_path: Path) -> None:
+    from fedsec_runs import write_scenario
+
+    manifests = private_job(tmp_path / "m", rounds=3, quorum={"minClients": 3})
+    scenario = write_scenario(tmp_path / "crash.yaml", manifests, [
+        {"kind": "aggregator-crash", "round": 2, "afterUpdates": 6},   # after some sites trained for round 2
+        {"kind": "crash", "client": "site-1", "round": 3, "phase": "train"},
+    ])
+    proc = fedsec("simulate", str(scenario), "--run-dir", str(tmp_path / "run"), "--ledger-dir", str(tmp_path / "l"), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary_of(proc)
+    assert s["status"] == "Succeeded"
+    for name, row in s["privacy"]["sites"].items():
+        rounds = [r["round"] for r in next(iter(ledger(tmp_path / "l", name)["jobs"].values()))["releases"]]
+        assert len(rounds) == len(set(rounds)), f"{name} paid twice for a round: {rounds}"
+        assert row["epsilon_this_job"] <= 2.0
