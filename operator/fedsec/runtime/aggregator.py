@@ -268,13 +268,14 @@ class Aggregator:
     def _contribution(self, sender: str, header: pb.Header, body: pb.Contribution) -> pb.Ack:
         metrics = {k: float(v) for k, v in body.metrics.items() if k in SITE_METRICS and np.isfinite(v)}
         number = self.engine.current_round_number
+        response = body.response  # one copy: upb copies a bytes field on every read
         effects = self.engine.contribute(
-            sender, header.round_id, header.phase, body.response, metrics, body.withdraw, time.monotonic()
+            sender, header.round_id, header.phase, response, metrics, body.withdraw, time.monotonic()
         )
         outcome = "withdrawn" if body.withdraw else "accepted"
         self.metrics.updates.labels(self.metrics.job, outcome).inc()
         self.audit.append(f"update-{outcome}", site=sender, round_id=header.round_id, phase=header.phase,
-                          bytes=len(body.response))
+                          bytes=len(response))
         self._accepted_this_round += 0 if body.withdraw else 1
         self.events.emit("answer", site=sender, round_id=header.round_id, phase=header.phase, outcome=outcome)
         self._maybe_inject_crash(number)

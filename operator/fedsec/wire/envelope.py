@@ -83,6 +83,7 @@ def open_envelope(
 ) -> Opened:
     """Check one received envelope; raise :class:`Rejected` naming the first thing wrong."""
     size = env.ByteSize()
+    body_bytes = env.body  # upb copies a bytes field on every read: read the (large) body once
     if size > max_bytes:
         raise Rejected("oversized", f"message of {size} bytes exceeds the limit of {max_bytes}")
     header = pb.Header()
@@ -110,14 +111,14 @@ def open_envelope(
         raise Rejected("wrong-recipient", f"message is addressed to {header.recipient!r}")
     if len(header.nonce) != NONCE_BYTES:
         raise Rejected("malformed", f"nonce must be {NONCE_BYTES} bytes")
-    if not hmac.compare_digest(hashlib.sha256(env.body).digest(), header.body_sha256):
+    if not hmac.compare_digest(hashlib.sha256(body_bytes).digest(), header.body_sha256):
         raise Rejected("malformed", "body does not match the signed hash")
     body_cls = BODY_TYPES.get(header.body_type)
     if body_cls is None:
         raise Rejected("malformed", f"unknown body type {header.body_type!r}")
     body = body_cls()
     try:
-        body.ParseFromString(env.body)
+        body.ParseFromString(body_bytes)
     except DecodeError:
         raise Rejected("malformed", f"{header.body_type} body does not parse") from None
     if replay is not None:

@@ -28,3 +28,26 @@ def test_old_or_future_timestamps_are_expired() -> None:
         with pytest.raises(Rejected) as exc:
             g.check("a", b"x", issued, 10_000)
         assert exc.value.reason == "expired"
+
+
+def test_a_replay_racing_its_original_is_caught_once() -> None:
+    import threading
+
+    g = ReplayGuard(window_ms=1000)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def attempt() -> None:
+        barrier.wait()
+        try:
+            g.check("a", b"same-nonce", 0, 0)
+            outcomes.append("accepted")
+        except Rejected as exc:
+            outcomes.append(exc.reason)
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(outcomes) == ["accepted"] + ["replay"] * 7
