@@ -10,6 +10,7 @@ poll), and a ticker thread wakes at the engine's next deadline, so nothing spins
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ from fedsec.telemetry.metrics import AggregatorMetrics
 from fedsec.training import models as tmodels
 from fedsec.training.local import evaluate
 from fedsec.wire import tensors as wire_tensors
-from fedsec.wire.envelope import open_envelope, seal
+from fedsec.wire.envelope import SerializedBody, open_envelope, seal
 from fedsec.wire.proto import round_pb2 as pb
 
 log = logging.getLogger("fedsec.aggregator")
@@ -104,6 +105,8 @@ class Aggregator:
         self.holdout = load_holdout(self.job)
         self.history = _History()
         self._accepted_this_round = 0
+        # Replies that are the same for many sites (a round's Task), serialized and hashed once.
+        self._reply_cache: dict[tuple[int, str, int, bytes], SerializedBody] = {}
 
         m = self.spec.model
         self.model = tmodels.build_model(
@@ -226,7 +229,7 @@ class Aggregator:
         log.warning("rejected message from %s: %s: %s", sender or "(unauthenticated)", rej.reason, rej.detail)
         return pb.Ack(accepted=False, reason=rej.reason, detail=rej.detail)
 
-    def _dispatch(self, sender: str, header: pb.Header, body: Any) -> pb.Reply | pb.Ack:
+    def _dispatch(self, sender: str, header: pb.Header, body: Any) -> pb.Reply | pb.Ack | SerializedBody:
         with self.cond:
             if isinstance(body, pb.Join):
                 samples = min(int(body.num_samples), MAX_DECLARED_SAMPLES)
@@ -241,14 +244,14 @@ class Aggregator:
                 return self._contribution(sender, header, body)
         raise Rejected("malformed", f"{header.body_type} is not something a client sends")
 
-    def _long_poll(self, sender: str, body: pb.Poll) -> pb.Reply:
+    def _long_poll(self, sender: str, body: pb.Poll) -> pb.Reply | SerializedBody:
         deadline = time.monotonic() + LONG_POLL_SECONDS
         while True:
             samples = min(int(body.num_samples), MAX_DECLARED_SAMPLES)
             result, effects = self.engine.poll(sender, body.last_round_id, time.monotonic(), samples)
             self._apply(effects)
             if isinstance(result, eng.TaskView):
-                return pb.Reply(task=self._task(result))
+                return self._task_reply(result)
             if isinstance(result, eng.DoneView):
                 self.history.done_delivered.add(sender)
                 self.cond.notify_all()
@@ -257,6 +260,15 @@ class Aggregator:
             if remaining <= 0:
                 return pb.Reply(wait=pb.Wait(reason=result.reason, retry_after_ms=0))
             self.cond.wait(remaining)
+
+    def _task_reply(self, t: eng.TaskView) -> SerializedBody:
+        key = (t.round_id, t.phase, self.version, hashlib.sha256(t.request).digest())
+        cached = self._reply_cache.get(key)
+        if cached is None:
+            if len(self._reply_cache) > 64 or (self._reply_cache and next(iter(self._reply_cache))[0] != t.round_id):
+                self._reply_cache.clear()  # only the current round's replies are worth keeping
+            cached = self._reply_cache[key] = SerializedBody.of(pb.Reply(task=self._task(t)))
+        return cached
 
     def _task(self, t: eng.TaskView) -> pb.Task:
         return pb.Task(
