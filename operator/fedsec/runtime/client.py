@@ -244,8 +244,9 @@ class SiteClient:
         """Train under the job's privacy mechanism, or re-send the update already paid for; the spend
         is in the ledger before this returns (so before anything of the update leaves the site).
 
-        Validation metrics are not sent: the validation rows are the site's data too, and only the
-        training rows are covered by the accountant. None: the budget is exhausted (withdraw)."""
+        Validation metrics are not sent (the validation rows are the site's data too, and only the
+        training rows are covered by the accountant); the epsilon spent so far is. None: the budget
+        is exhausted (withdraw)."""
         assert self.privacy is not None
         self._metrics = {}
         if self._exhausted:
@@ -262,6 +263,7 @@ class SiteClient:
         if prepared.reused is not None:
             log.info("round %d: re-sending the update already paid for from this model (epsilon %.4f)",
                      task.round_number, prepared.epsilon_after)
+            self._metrics = {"epsilon": prepared.epsilon_after}
             return ClientUpdate(wire_tensors.decode(prepared.reused, specs), weight)
         train_local(self.model, self.train, self.train_config)
         delta = model_delta(tmodels.state_to_numpy(self.model), global_state)
@@ -272,6 +274,7 @@ class SiteClient:
             )
         eps = self.privacy.record(task.round_number, task.round_id, sha, wire_tensors.encode(delta))
         log.info("round %d: epsilon spent by this job here: %.4f", task.round_number, eps)
+        self._metrics = {"epsilon": eps}  # public: what this job has spent here, for the aggregator's metrics
         return ClientUpdate(delta, weight)
 
     # -- scenario faults --------------------------------------------------------------------------
