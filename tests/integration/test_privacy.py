@@ -122,3 +122,15 @@ def test_aggregator_and_client_crashes_do_not_double_count(tmp_path: Path) -> No
         rounds = [r["round"] for r in next(iter(ledger(tmp_path / "l", name)["jobs"].values()))["releases"]]
         assert len(rounds) == len(set(rounds)), f"{name} paid twice for a round: {rounds}"
         assert row["epsilon_this_job"] <= 2.0
+
+
+def test_distributed_gaussian_noise_is_accounted_per_site(tmp_path: Path) -> None:
+    privacy = {"mechanism": "distributed-gaussian", "targetEpsilon": 6.0, "delta": 1e-5, "clippingNorm": 0.5}
+    manifests = private_job(tmp_path / "m", rounds=3, quorum={"minClients": 3}, privacy=privacy)
+    proc = fedsec("run", str(manifests), "--run-dir", str(tmp_path / "run"), "--ledger-dir", str(tmp_path / "l"), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary_of(proc)
+    assert s["status"] == "Succeeded" and s["privacy"]["level"].startswith("user")
+    for row in s["privacy"]["sites"].values():
+        assert row["rounds_released"] == 3 and row["sample_rate"] == 1.0
+        assert 0.95 * 6.0 <= row["epsilon_this_job"] <= 6.0
