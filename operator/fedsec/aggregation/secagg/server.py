@@ -81,6 +81,8 @@ class SecAggServer(ServerProtocol):
         self._u1: set[int] = set()
         self._u2: set[int] = set()
         self._u3: set[int] = set()
+        self._gone: set[int] = set()  # U2 - U3: shared, then sent no masked input
+        self._expected: frozenset[str] | None = None  # cached: the engine asks on every poll
         self._sealed: dict[int, dict[int, bytes]] = {}  # recipient -> sender -> SecAggSealedShares
         self._sum = np.zeros(dim + 1, dtype=self._params.fixed.dtype)
         self._seed_points: dict[int, list[tuple[int, int]]] = {}
@@ -102,7 +104,9 @@ class SecAggServer(ServerProtocol):
     def expected(self) -> frozenset[str]:
         if self._outcome is not None:
             return frozenset()
-        return frozenset(self._ctx.participants[i] for i in self._active - self._answered)
+        if self._expected is None:
+            self._expected = frozenset(self._ctx.participants[i] for i in self._active - self._answered)
+        return self._expected
 
     def survivors(self) -> int:
         if isinstance(self._outcome, Finished):
@@ -144,7 +148,7 @@ class SecAggServer(ServerProtocol):
             return ph.repeated(1, [inbox[v] for v in sorted(inbox) if v in self._u2])
         nb = self._graph[i]
         return pb.SecAggUnmaskRequest(
-            survivors=sorted(nb & self._u3), dropped=sorted(nb & (self._u2 - self._u3))
+            survivors=sorted(nb & self._u3), dropped=sorted(nb & self._gone)
         ).SerializeToString()
 
     # --- answers --------------------------------------------------------------------------------
@@ -163,6 +167,7 @@ class SecAggServer(ServerProtocol):
             ph.UNMASK: self._take_unmask,
         }[self._phase](i, body)
         self._answered.add(i)
+        self._expected = None
 
     def _take_advert(self, i: int, body: bytes) -> None:
         a = ph.parse(pb.SecAggKeyAdvert, body, "key advert")
@@ -211,7 +216,7 @@ class SecAggServer(ServerProtocol):
         seed_owners = ph.distinct([s.owner for s in res.seed_shares], "unmask response (seed shares)")
         key_owners = ph.distinct([s.owner for s in res.mask_key_shares], "unmask response (mask-key shares)")
         nb = self._graph[i]
-        want_seed, want_key = (nb & self._u3) | {i}, nb & (self._u2 - self._u3)
+        want_seed, want_key = (nb & self._u3) | {i}, nb & self._gone
         if seed_owners != want_seed or key_owners != want_key:
             raise ProtocolRejection(
                 "unexpected_owners", "revealed shares do not match the survivors and dropped neighbours asked for"
@@ -243,6 +248,7 @@ class SecAggServer(ServerProtocol):
         if phase == ph.MASKED_INPUT:
             self._sealed, self._advert_blobs = {}, {}
             self._u3 = set(answered)
+            self._gone = self._u2 - self._u3
             if len(self._u3) < self._required:
                 return self._abort(
                     f"only {len(self._u3)} masked inputs arrived, fewer than the {self._required} "
@@ -279,7 +285,7 @@ class SecAggServer(ServerProtocol):
         return alive
 
     def _owners_to_rebuild(self) -> list[int]:
-        dropped = [v for v in sorted(self._u2 - self._u3) if self._graph[v] & self._u3]
+        dropped = [v for v in sorted(self._gone) if self._graph[v] & self._u3]
         return sorted(self._u3) + dropped
 
     def _holders(self, owner: int) -> set[int]:
@@ -290,6 +296,7 @@ class SecAggServer(ServerProtocol):
         self._phase = phase
         self._active = set(active)
         self._answered = set()
+        self._expected = None
         self._requests = {}
         return NextPhase(phase)
 
