@@ -134,3 +134,22 @@ def test_distributed_gaussian_noise_is_accounted_per_site(tmp_path: Path) -> Non
     for row in s["privacy"]["sites"].values():
         assert row["rounds_released"] == 3 and row["sample_rate"] == 1.0
         assert 0.95 * 6.0 <= row["epsilon_this_job"] <= 6.0
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_dp_example_reaches_its_auc_within_budget_and_the_budget_example_refuses_hospital_12(tmp_path: Path) -> None:
+    led = str(tmp_path / "ledger")
+    proc = fedsec("run", str(EXAMPLES / "breast-cancer-dp"), "--run-dir", str(tmp_path / "dp"), "--ledger-dir", led, "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary_of(proc)
+    assert s["final_metrics"]["auc"] >= 0.96
+    assert s["secure_aggregation"]["mode"] == "secagg" and s["quorum"] == 10
+    for row in s["privacy"]["sites"].values():
+        assert 0.95 * 1.2 <= row["epsilon_this_job"] <= 1.2 and row["budget"] == 4.0
+    proc = fedsec("run", str(EXAMPLES / "breast-cancer-dp-budget"), "--run-dir", str(tmp_path / "budget"), "--ledger-dir", led, "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary_of(proc)
+    assert s["status"] == "Succeeded" and "hospital-12" not in s["clients"] and len(s["clients"]) == 11
+    assert "the site's budget of 0.5 has only 0 left" in s["privacy"]["refused"]["hospital-12"]
