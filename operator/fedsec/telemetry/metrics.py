@@ -40,6 +40,16 @@ class AggregatorMetrics:
         self.metric = Gauge(
             "fedsec_model_metric", "Holdout metric of the current model", labels + ["metric"], registry=self.registry
         )
+        self.site_epsilon = Gauge(
+            "fedsec_privacy_epsilon_spent", "Epsilon this job spent at a site, as the site last reported it",
+            labels + ["site"], registry=self.registry,
+        )
+
+    def observe_site_metrics(self, per_site: dict[str, dict[str, float]]) -> None:
+        """What sites report with their update that is per site, not averaged: today their epsilon."""
+        for site, m in per_site.items():
+            if "epsilon" in m:
+                self.site_epsilon.labels(self.job, site).set(m["epsilon"])
 
     def serve(self, port: int, addr: str = "127.0.0.1") -> int:
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
