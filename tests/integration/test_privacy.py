@@ -153,3 +153,27 @@ def test_dp_example_reaches_its_auc_within_budget_and_the_budget_example_refuses
     s = summary_of(proc)
     assert s["status"] == "Succeeded" and "hospital-12" not in s["clients"] and len(s["clients"]) == 11
     assert "the site's budget of 0.5 has only 0 left" in s["privacy"]["refused"]["hospital-12"]
+
+
+def test_a_site_that_runs_out_mid_job_stops_and_the_job_goes_on(tmp_path: Path) -> None:
+    from fedsec.privacy.ledger import JobRef, Release, SiteLedger, ledger_path
+
+    manifests = private_job(tmp_path / "m", rounds=3, budgets={3: 2.5}, quorum={"minClients": 3})
+    led = tmp_path / "ledger"
+    proc = subprocess.Popen([sys.executable, "-m", "fedsec", "run", str(manifests), "--run-dir", str(tmp_path / "run"),
+                             "--ledger-dir", str(led)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if line.lstrip().startswith("round   1/"):
+            # another job spends 1.0 on site-3 meanwhile: this job's full 2.0 no longer fits in its 2.5
+            SiteLedger(ledger_path(led, "site-3"), "site-3").record_release(
+                JobRef("other-uid", "other"), Release(1, 1, "x", 4.0, 1.0, 1), delta=1e-5, accountant="rdp")
+            break
+    out, err = proc.communicate(timeout=RUN_TIMEOUT_SECONDS)
+    assert proc.returncode == 0, err[-3000:]
+    s = json.loads(Path(out.strip().splitlines()[-1].removeprefix("summary: ")).read_text())
+    assert s["status"] == "Succeeded" and committed_rounds(s) == [1, 2, 3]
+    row = s["privacy"]["sites"]["site-3"]
+    assert row["status"] == "BudgetExhausted" and "above its budget 2.5" in row["reason"]
+    assert row["spent_total"] <= 2.5 and row["rounds_released"] < 3
+    assert all(s["privacy"]["sites"][f"site-{i}"]["rounds_released"] == 3 for i in range(3))

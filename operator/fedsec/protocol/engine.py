@@ -403,7 +403,9 @@ class RoundEngine:
             return []
         if not (a.server.expected() - a.answered - a.withdrawn):
             return self._close_phase(now, deadline=False)
-        if a.server.survivors() - len(a.withdrawn) < a.required:
+        # Withdrawn sites still count among the protocol's survivors only in the phase they withdrew
+        # from (they are still expected there); in later phases the protocol has dropped them itself.
+        if a.server.survivors() - len(a.withdrawn & a.server.expected()) < a.required:
             return self._close_phase(now, deadline=True)
         return []
 
