@@ -114,7 +114,9 @@ class SecureAggregationSpec(Spec):
     )
     clip_range: float = Field(1.0, gt=0.0, description="largest |coordinate| of an update, before masking")
     ring_bits: Literal[32, 64] = Field(32, description="masking ring Z_2^ringBits")
-    quantization_bits: int | None = Field(None, ge=1, le=62, description="fractional bits (default: the most the ring allows)")
+    quantization_bits: int | None = Field(
+        None, ge=1, le=40, description="fractional bits (default: the most the ring allows; at most 40, and ringBits - 2)"
+    )
     neighbours: int | None = Field(None, ge=2, description="SecAgg+ graph degree, even (default: automatic)")
     poly_modulus_degree: int = Field(8192, description="CKKS ring dimension")
     global_scale_bits: int = Field(40, ge=20, le=60)
