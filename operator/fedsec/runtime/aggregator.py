@@ -366,6 +366,7 @@ class Aggregator:
         self.metrics.rounds.labels(self.metrics.job, "committed").inc()
         self.metrics.round_seconds.labels(self.metrics.job).observe(e.seconds)
         self.metrics.contributors.labels(self.metrics.job).set(len(agg.contributors))
+        self.metrics.observe_site_metrics(e.site_metrics)
         self.metrics.current_round.labels(self.metrics.job).set(e.round_number)
         self.metrics.model_version.labels(self.metrics.job).set(cp.version)
         for k, v in holdout.items():

@@ -37,7 +37,7 @@ from fedsec.runtime.config import ClientConfig
 from fedsec.runtime.datasets import load_site_data
 from fedsec.training import data as tdata
 from fedsec.training import models as tmodels
-from fedsec.training.local import TrainConfig, evaluate, feature_stats, model_delta, train_local
+from fedsec.training.local import TrainConfig, TrainingError, evaluate, feature_stats, model_delta, train_local
 from fedsec.wire import tensors as wire_tensors
 from fedsec.wire.envelope import open_envelope, seal
 from fedsec.wire.proto import round_pb2 as pb
@@ -187,7 +187,14 @@ class SiteClient:
     def _handle_task(self, task: pb.Task) -> None:
         self._fault("train", task.round_number, before=True)
         if self._round is None or self._round.round_id != task.round_id:
-            self._round = _Round(task.round_id, self._start_round(task) if task.model else None)
+            try:
+                protocol = self._start_round(task) if task.model else None
+            except (TrainingError, ValueError) as exc:
+                # Training diverged or the protocol refused the update (NaN, wrong shape): this
+                # round goes on without us; the next one starts again from the global model.
+                log.error("round %d: cannot produce an update: %s; withdrawing", task.round_number, exc)
+                protocol = None
+            self._round = _Round(task.round_id, protocol)
         if self._round.protocol is None:
             if self._exhausted:
                 log.info("round %d: budget exhausted (%s); withdrawing", task.round_number, self._exhausted)
