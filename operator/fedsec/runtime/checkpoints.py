@@ -95,12 +95,6 @@ class CheckpointStore:
         versions = self.versions()
         return self.get(versions[-1]) if versions else None
 
-    def lineage(self) -> list[dict[str, Any]]:
-        return [
-            {k: self.get(v).meta.get(k) for k in ("version", "round", "round_id", "kind", "rollback_of", "metrics")}
-            for v in self.versions()
-        ]
-
     def commit(self, model: Tensors, meta: dict[str, Any]) -> Checkpoint:
         """Write ``model`` as the next version; ``meta`` must hold at least ``round``."""
         version = (self.versions() or [0])[-1] + 1

@@ -63,7 +63,3 @@ class ClientConfig(BaseModel):
     faults: list[Fault] = Field(default_factory=list)
     ledger_dir: Path | None = Field(None, description="where the site's privacy ledger lives (jobs with privacy)")
     give_up_seconds: float = Field(600.0, gt=0.0, description="stop when the aggregator is unreachable this long")
-
-
-def load_config(path: Path, kind: type[BaseModel]) -> BaseModel:
-    return kind.model_validate_json(path.read_text())

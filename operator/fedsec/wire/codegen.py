@@ -1,4 +1,7 @@
-"""Regenerate the protobuf and gRPC modules from ``proto/*.proto``.
+"""Regenerate the protobuf modules from ``proto/*.proto``.
+
+No gRPC stubs: the aggregator serves the one method through a generic handler that receives raw
+bytes (so malformed envelopes reach our own checks and are counted), and clients call it the same way.
 
 The generated files are committed so that installing fedsec needs no code generator;
 ``tests/unit/wire/test_codegen_drift.py`` runs this into a temporary directory and fails when
@@ -20,9 +23,8 @@ def proto_files() -> list[Path]:
 
 def generate(out_root: Path) -> list[Path]:
     """Generate into ``out_root`` (mirroring the package layout); return the files written."""
-    from grpc_tools import protoc  # dev-only dependency
-
-    import grpc_tools
+    import grpc_tools  # dev-only dependency
+    from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     rel = [str(p.relative_to(PACKAGE_ROOT)) for p in proto_files()]
@@ -32,7 +34,6 @@ def generate(out_root: Path) -> list[Path]:
         f"-I{include}",
         f"--python_out={out_root}",
         f"--pyi_out={out_root}",
-        f"--grpc_python_out={out_root}",
         *rel,
     ]
     if protoc.main(args) != 0:
