@@ -1,7 +1,8 @@
 """CustomResourceDefinitions generated from the spec models: one source for local validation and the API server.
 
-``python -m fedsec.api.crd`` writes ``crds/*.yaml``; ``tests/unit/api/test_crd.py`` fails when they
-drift from the models. The conversion turns pydantic's JSON Schema into a Kubernetes *structural*
+``python -m fedsec.api.crd`` writes ``crds/*.yaml`` and the same files into the Helm chart's
+``charts/fedsec-operator/crds/`` (Helm installs CRDs from there); ``tests/unit/api/test_crd.py`` fails
+when either copy drifts from the models. The conversion turns pydantic's JSON Schema into a Kubernetes *structural*
 OpenAPI v3 schema: references inlined, ``anyOf [X, null]`` as ``nullable``, OpenAPI 3.0's boolean
 ``exclusiveMinimum``, no ``additionalProperties: false`` beside ``properties`` (Kubernetes forbids
 it; unknown fields are pruned, and refused by kubectl's strict field validation). Cross-field
@@ -24,7 +25,11 @@ from fedsec.api.data import DataSource, Partition
 from fedsec.api.job import FederatedJobSpec, ModelSpec, PrivacySpec, QuorumSpec
 from fedsec.api.meta import GROUP, VERSION
 
-CRD_DIR = Path(__file__).resolve().parents[3] / "crds"
+ROOT = Path(__file__).resolve().parents[3]
+CRD_DIR = ROOT / "crds"
+# The chart's copies: Helm installs whatever lies in a chart's crds/ before its templates.
+CHART_CRD_DIR = ROOT / "charts" / "fedsec-operator" / "crds"
+CRD_DIRS = (CRD_DIR, CHART_CRD_DIR)
 
 # The model validators of the spec, for the API server. Keys are the models' titles.
 CEL_RULES: dict[str, list[dict[str, str]]] = {
@@ -185,10 +190,11 @@ def render(obj: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    CRD_DIR.mkdir(exist_ok=True)
-    for name, obj in crds().items():
-        (CRD_DIR / name).write_text(render(obj))
-        print(CRD_DIR / name)
+    for directory in CRD_DIRS:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, obj in crds().items():
+            (directory / name).write_text(render(obj))
+            print(directory / name)
     return 0
 
 

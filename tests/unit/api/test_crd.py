@@ -1,4 +1,4 @@
-"""crds/ is exactly what the spec models generate, and the schemas are structural."""
+"""crds/ and the Helm chart's crds/ are exactly what the spec models generate, and the schemas are structural."""
 
 from __future__ import annotations
 
@@ -10,10 +10,14 @@ from fedsec.api import crd
 
 
 def test_committed_crds_match_the_models() -> None:
-    for name, obj in crd.crds().items():
-        path = crd.CRD_DIR / name
-        assert path.exists(), f"{path} is missing: run `python -m fedsec.api.crd`"
-        assert path.read_text() == crd.render(obj), f"{path} drifted from the models: run `python -m fedsec.api.crd`"
+    assert crd.CRD_DIRS == (crd.CRD_DIR, crd.CHART_CRD_DIR)
+    for directory in crd.CRD_DIRS:
+        for name, obj in crd.crds().items():
+            path = directory / name
+            assert path.exists(), f"{path} is missing: run `python -m fedsec.api.crd`"
+            assert path.read_text() == crd.render(obj), f"{path} drifted from the models: run `python -m fedsec.api.crd`"
+        # Nothing else there: a stale file (a renamed kind) would still be installed.
+        assert sorted(p.name for p in directory.iterdir()) == sorted(crd.crds()), directory
 
 
 def _walk(node: Any, path: str = "") -> list[str]:
