@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 AGGREGATOR = "aggregator"
+OPERATOR = "fedsec-operator"  # the operator's admin-API client certificate; never a site name
 _EPOCH_PREFIX = "fedsec-epoch-"
 _VALIDITY = dt.timedelta(days=30)
 
@@ -75,6 +76,21 @@ def new_ca(job_name: str) -> CA:
         .sign(key, hashes.SHA256())
     )
     return CA(key, cert)
+
+
+def load_ca(key_pem: bytes, cert_pem: bytes) -> CA:
+    """The job CA from its PEM files (the operator keeps them in the job's CA Secret)."""
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the job CA key is not an ECDSA key")
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        raise ValueError("the job CA certificate does not belong to the CA key")
+    return CA(key, cert)
+
+
+def ca_key_pem(ca: CA) -> bytes:
+    return _pem_key(ca.key)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey) -> bytes:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -33,7 +34,7 @@ from fedsec.crypto.signing import Signer, Verifier
 from fedsec.protocol import engine as eng
 from fedsec.protocol.rejections import REASONS, Rejected
 from fedsec.protocol.replay import ReplayGuard
-from fedsec.runtime import exitcodes
+from fedsec.runtime import admin, exitcodes
 from fedsec.runtime.checkpoints import Checkpoint, CheckpointStore
 from fedsec.runtime.config import AggregatorConfig
 from fedsec.runtime.datasets import load_holdout
@@ -85,6 +86,7 @@ def stats_specs(input_dim: int) -> tuple[TensorSpec, ...]:
 class _History:
     rejected: dict[str, int] = field(default_factory=dict)
     done_delivered: set[str] = field(default_factory=set)
+    site_epsilon: dict[str, float] = field(default_factory=dict)  # what each site reported it has spent
 
 
 class Aggregator:
@@ -94,6 +96,7 @@ class Aggregator:
         self.spec = cfg.job.spec
         self.events = events
         self.incarnation = incarnation
+        self.key_epoch = KEY_EPOCH
         self.signer = Signer(cfg.pki.id_key.read_bytes(), cfg.pki.id_cert.read_bytes())
         self.verifier = Verifier(cfg.pki.ca_cert.read_bytes())
         self.replay = ReplayGuard()
@@ -367,6 +370,9 @@ class Aggregator:
         self.metrics.round_seconds.labels(self.metrics.job).observe(e.seconds)
         self.metrics.contributors.labels(self.metrics.job).set(len(agg.contributors))
         self.metrics.observe_site_metrics(e.site_metrics)
+        for site, m in e.site_metrics.items():
+            if "epsilon" in m:
+                self.history.site_epsilon[site] = float(m["epsilon"])
         self.metrics.current_round.labels(self.metrics.job).set(e.round_number)
         self.metrics.model_version.labels(self.metrics.job).set(cp.version)
         for k, v in holdout.items():
@@ -452,7 +458,8 @@ def serve(cfg: AggregatorConfig, events: EventSink, incarnation: int = 0) -> int
         return agg.exchange(request, _peer_names(context))
 
     server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE, {"Exchange": grpc.unary_unary_rpc_method_handler(handle)}),)
+        (grpc.method_handlers_generic_handler(SERVICE, {"Exchange": grpc.unary_unary_rpc_method_handler(handle)}),
+         admin.handlers(agg))
     )
     creds = grpc.ssl_server_credentials(
         [(cfg.pki.tls_key.read_bytes(), cfg.pki.tls_cert.read_bytes())],
@@ -468,13 +475,24 @@ def serve(cfg: AggregatorConfig, events: EventSink, incarnation: int = 0) -> int
     events.emit("listening", port=port, metrics_port=metrics_port, pid=os.getpid())
     log.info("aggregator for %s listening on port %d (metrics on %s)", cfg.job.metadata.name, port, metrics_port)
     stop = threading.Event()
+    terminated = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: (terminated.set(), stop.set()))
     ticker = threading.Thread(target=agg.tick_forever, args=(stop,), name="ticker", daemon=True)
     ticker.start()
     stop.wait()
+    if cfg.serve_after_finish and not terminated.is_set():
+        # Under the operator the aggregator is a Deployment's pod: exiting would only restart it.
+        # It keeps answering (late clients learn the outcome, the operator reads the status)
+        # until the operator scales it down.
+        log.info("job finished (%s); serving its outcome until terminated", agg.engine.state.status)
+        terminated.wait()
     server.stop(grace=2.0).wait()
     with agg.cond:
         agg._write_outputs()  # again: rejections while lingering belong in the summary too
     agg.audit.close()
+    if terminated.is_set() and not agg.engine.finished:
+        return exitcodes.TERMINATED
     return agg.exit_code()
 
 

@@ -49,6 +49,7 @@ class AggregatorConfig(BaseModel):
     pki: PkiPaths
     faults: list[Fault] = Field(default_factory=list)
     linger_seconds: float = Field(15.0, ge=0.0, description="keep telling clients the outcome this long")
+    serve_after_finish: bool = Field(False, description="keep serving after the job ends, until SIGTERM (a Deployment's pod)")
 
 
 class ClientConfig(BaseModel):
