@@ -7,6 +7,9 @@
 #
 # The cache directory is keyed by versions.env and the build modules' go.mod/go.sum,
 # so a version bump builds into a new directory and never mixes binaries.
+# The kstatus test tool (modules/kstatus) is keyed on its own (go.mod, go.sum,
+# main.go): it builds into <cache dir>/kstatus-<hash>/ and bin/kstatus links to it,
+# so changing it rebuilds only kstatus, never Kubernetes.
 # Environment: FEDSEC_CLUSTER_CACHE overrides the cache root.
 set -euo pipefail
 
@@ -15,10 +18,13 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/versions.env"
 
 cache_root="${FEDSEC_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/fedsec/cluster}"
-key_hash="$(cat "$here/versions.env" "$here"/modules/*/go.mod "$here"/modules/*/go.sum | sha256sum | cut -c1-10)"
+# The modules are named (not modules/*) so that kstatus, keyed below, does not key this directory.
+key_hash="$(cat "$here/versions.env" "$here"/modules/{etcd,helm,kubernetes}/go.mod "$here"/modules/{etcd,helm,kubernetes}/go.sum | sha256sum | cut -c1-10)"
 key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_helm-${HELM_VERSION}_${key_hash}"
 prefix="$cache_root/$key"
 bindir="$prefix/bin"
+kstatus_hash="$(cat "$here"/modules/kstatus/{go.mod,go.sum,main.go} | sha256sum | cut -c1-10)"
+kstatus_link="../kstatus-${kstatus_hash}/kstatus" # bin/kstatus -> this, relative to bin/
 
 if [[ "${1:-}" == "--print-bindir" ]]; then
   echo "$bindir"
@@ -28,6 +34,7 @@ fi
 want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm promtool)
 complete=1
 for b in "${want[@]}"; do [[ -x "$bindir/$b" ]] || complete=0; done
+[[ -x "$bindir/kstatus" && "$(readlink "$bindir/kstatus")" == "$kstatus_link" ]] || complete=0
 if [[ $complete == 1 ]]; then
   echo "$bindir"
   exit 0
@@ -57,7 +64,7 @@ info="$prefix/build-info.txt"
   echo "build started: $build_date"
   echo "go: $(go version)"
   echo "host: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB"
-} > "$info"
+} >> "$info"
 
 timed() { # name, command...
   local name="$1"; shift
@@ -127,6 +134,13 @@ if [[ $k8s_missing == 1 ]]; then
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl"
   for b in kube-apiserver kube-controller-manager kube-scheduler kubectl; do mv "$tmp/$b" "$bindir/$b"; done
 fi
+
+if [[ ! -x "$prefix/kstatus-${kstatus_hash}/kstatus" ]]; then
+  timed "kstatus-${kstatus_hash}" bash -c "cd '$here/modules/kstatus' && go build -ldflags='-s -w' -o '$tmp/kstatus' ."
+  mkdir -p "$prefix/kstatus-${kstatus_hash}"
+  mv "$tmp/kstatus" "$prefix/kstatus-${kstatus_hash}/kstatus"
+fi
+ln -sfn "$kstatus_link" "$bindir/kstatus"
 
 echo "build finished: $(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$info"
 log "all binaries in $bindir (timings: $info)"
