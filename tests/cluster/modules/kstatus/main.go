@@ -45,13 +45,11 @@ func run(in io.Reader, out io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("parsing the object: %w", err)
 	}
-	var obj map[string]interface{}
-	if err := json.Unmarshal(data, &obj); err != nil || obj == nil {
-		return fmt.Errorf("stdin must hold one object (JSON or YAML)")
-	}
-	u := &unstructured.Unstructured{Object: obj}
-	if u.GetAPIVersion() == "" || u.GetKind() == "" {
-		return fmt.Errorf("the object on stdin has no apiVersion or kind")
+	// Unstructured's own decoder keeps integers int64 (encoding/json would make them float64,
+	// which kstatus refuses for metadata.generation); it also needs apiVersion and kind.
+	u := &unstructured.Unstructured{}
+	if err := u.UnmarshalJSON(data); err != nil {
+		return fmt.Errorf("stdin must hold one object (JSON or YAML) with apiVersion and kind: %w", err)
 	}
 	res, err := status.Compute(u)
 	if err != nil {
