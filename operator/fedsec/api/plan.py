@@ -13,6 +13,9 @@ from fedsec.api.client import FederatedClient
 from fedsec.api.errors import FieldError, ManifestError
 from fedsec.api.job import FederatedJob
 from fedsec.api.support import unsupported_in_client, unsupported_in_job
+from fedsec.crypto.pki import AGGREGATOR, OPERATOR
+
+RESERVED_SITE_NAMES = frozenset({AGGREGATOR, OPERATOR})
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,13 @@ def plan_job(
             )
         )
     names = [c.metadata.name for c in selected]
+    for c in matched:
+        if c.metadata.name in RESERVED_SITE_NAMES:
+            # A site's certificate carries its name: one named like the aggregator or the operator
+            # could answer for it.
+            errors.append(FieldError("metadata.name", f"{c.metadata.name!r} is reserved (the job's own "
+                                     f"{'aggregator' if c.metadata.name == AGGREGATOR else 'operator'} uses it); "
+                                     "rename the site", obj=c.ref))
     if len(set(names)) != len(names):
         errors.append(
             FieldError("spec.clients.selector", "selects two sites with the same name in different namespaces", obj=job.ref)

@@ -107,6 +107,13 @@ def _client(args: argparse.Namespace) -> int:
     return client.main(Path(args.config), args.incarnation)
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from fedsec.controller import operator
+
+    return operator.run(namespaces=[] if args.all_namespaces else args.namespace, liveness_port=args.liveness_port,
+                        metrics_port=args.metrics_port, verbose=args.verbose)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedsec", description="Secure federated learning: run, check and inspect jobs.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--incarnation", type=int, default=0)
     ag.add_argument("--listen", help="host:port, overriding the config (the launcher pins the port across restarts)")
     ag.set_defaults(fn=_aggregator)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator (kopf): FederatedJobs and FederatedClients to pods")
+    scope = op.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (sites live in their own)")
+    scope.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")
+    op.add_argument("--liveness-port", type=int, default=8080, help="HTTP /healthz for the probes (0: off)")
+    op.add_argument("--metrics-port", type=int, default=9091, help="Prometheus /metrics (0: off)")
+    op.add_argument("--verbose", action="store_true")
+    op.set_defaults(fn=_operator)
 
     cl = sub.add_parser("client", help="(process entry point) run a site's client from its config file")
     cl.add_argument("--config", required=True)

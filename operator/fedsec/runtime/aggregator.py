@@ -175,7 +175,7 @@ class Aggregator:
         rb = self.spec.rollback
         if rb is None:
             return None
-        request = f"{self.job.metadata.generation or 0}/{rb.to_round}"
+        request = self.cfg.rollback_request or f"{self.job.metadata.generation or 0}/{rb.to_round}"
         if any(self.store.get(v).meta.get("rollback_request") == request for v in self.store.versions()):
             return None
         cp = self.store.rollback(rb.to_round, "spec.rollback.toRound", {"rollback_request": request})

@@ -49,6 +49,9 @@ class AggregatorConfig(BaseModel):
     pki: PkiPaths
     faults: list[Fault] = Field(default_factory=list)
     linger_seconds: float = Field(15.0, ge=0.0, description="keep telling clients the outcome this long")
+    rollback_request: str | None = Field(
+        None, description="identifies the spec's rollback request (the operator: the generation that set toRound); "
+        "a request is applied once")
     serve_after_finish: bool = Field(False, description="keep serving after the job ends, until SIGTERM (a Deployment's pod)")
 
 

@@ -1,0 +1,281 @@
+"""The Kubernetes objects a FederatedJob becomes, as plain manifests. Pure: no API calls.
+
+The aggregator and the clients get the same config files the local runner writes
+(:mod:`fedsec.runtime.config`), rendered into ConfigMaps; their keys come from Secrets mounted
+read-only. The pods run without a ServiceAccount token, as a non-root user (the runtime image's),
+with a read-only root filesystem and no capabilities: the processes need nothing from the API
+server and nothing from the host.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fedsec.api.client import FederatedClient
+from fedsec.api.job import FederatedJob
+from fedsec.controller.names import (
+    GRPC_PORT, METRICS_PORT, OPERATOR_POD_LABEL, ROLE_AGGREGATOR, ROLE_CLIENT, JobNames, ledger_claim,
+)
+from fedsec.runtime.config import AggregatorConfig, ClientConfig, PkiPaths
+
+CONFIG_DIR = PurePosixPath("/etc/fedsec/config")
+PKI_DIR = PurePosixPath("/etc/fedsec/pki")
+STATE_DIR = PurePosixPath("/var/lib/fedsec/state")
+LEDGER_DIR = PurePosixPath("/var/lib/fedsec/ledger")
+AGGREGATOR_CONFIG = "aggregator.json"
+CLIENT_CONFIG = "client.json"
+CONFIG_HASH = "fedsec.io/config-hash"
+PKI_FILES = ("ca.crt", "tls.crt", "tls.key", "id.crt", "id.key")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the operator's installation decides (Helm values → environment), not the job."""
+
+    runtime_image: str = "ghcr.io/fedsec/fedsec-runtime:0.1.0"
+    operator_namespace: str = "fedsec-system"
+    cluster_domain: str = "cluster.local"
+    checkpoint_size: str = "1Gi"
+    ledger_size: str = "64Mi"
+    storage_class: str | None = None
+    client_backoff_limit: int = 6
+
+
+@dataclass(frozen=True)
+class Owner:
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+
+    def ref(self, controller: bool = True) -> dict[str, Any]:
+        return {"apiVersion": self.api_version, "kind": self.kind, "name": self.name, "uid": self.uid,
+                "controller": controller, "blockOwnerDeletion": True}
+
+
+def _meta(name: str, namespace: str, labels: dict[str, str], owner: Owner | None,
+          annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    m: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if owner is not None:
+        m["ownerReferences"] = [owner.ref()]
+    if annotations:
+        m["annotations"] = dict(annotations)
+    return m
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def secret(name: str, namespace: str, labels: dict[str, str], owner: Owner | None, files: dict[str, bytes]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name, namespace, labels, owner),
+            "type": "Opaque", "immutable": True, "data": {k: _b64(v) for k, v in sorted(files.items())}}
+
+
+def config_map(name: str, namespace: str, labels: dict[str, str], owner: Owner | None, files: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(name, namespace, labels, owner), "data": files}
+
+
+def config_hash(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pki_paths() -> PkiPaths:
+    return PkiPaths.under(Path(PKI_DIR / "ca.crt"), Path(PKI_DIR))
+
+
+def aggregator_address(names: JobNames, namespace: str, settings: Settings) -> str:
+    return f"{names.aggregator}.{namespace}.svc.{settings.cluster_domain}"
+
+
+def aggregator_config(job: FederatedJob, job_uid: str, sites: list[str], quorum: int,
+                      rollback_request: str | None = None) -> str:
+    cfg = AggregatorConfig(
+        job=job, job_uid=job_uid, sites=sites, quorum=quorum, rollback_request=rollback_request,
+        listen=f"0.0.0.0:{GRPC_PORT}", metrics_listen=f"0.0.0.0:{METRICS_PORT}",
+        state_dir=Path(STATE_DIR),
+        pki=_pki_paths(), serve_after_finish=True,
+    )
+    return cfg.model_dump_json(by_alias=True, indent=1)
+
+
+def client_config(job: FederatedJob, job_uid: str, site: FederatedClient, names: JobNames, settings: Settings) -> str:
+    cfg = ClientConfig(
+        job=job, job_uid=job_uid, site=site,
+        aggregator=f"{aggregator_address(names, job.metadata.namespace, settings)}:{GRPC_PORT}",
+        server_name="aggregator", pki=_pki_paths(),
+        ledger_dir=Path(LEDGER_DIR),
+        give_up_seconds=900.0,
+    )
+    return cfg.model_dump_json(by_alias=True, indent=1)
+
+
+_POD_SECURITY = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+}
+_TMP = ({"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}, {"name": "tmp", "mountPath": "/tmp"})
+
+
+def _pki_volume(secret_name: str) -> dict[str, Any]:
+    return {"name": "pki", "secret": {"secretName": secret_name, "defaultMode": 0o440}}
+
+
+def service_account(names: JobNames, namespace: str, owner: Owner) -> dict[str, Any]:
+    """The aggregator's identity towards the API server: none. No token is mounted, and nothing is
+    bound to it; it exists so that the pod does not run as the namespace's ``default``."""
+    return {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": _meta(names.service_account, namespace, names.labels(ROLE_AGGREGATOR), owner),
+            "automountServiceAccountToken": False}
+
+
+def checkpoint_claim(names: JobNames, namespace: str, owner: Owner, settings: Settings) -> dict[str, Any]:
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": settings.checkpoint_size}}}
+    if settings.storage_class:
+        spec["storageClassName"] = settings.storage_class
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": _meta(names.checkpoints, namespace, names.labels(ROLE_AGGREGATOR), owner), "spec": spec}
+
+
+def ledger_claim_manifest(site: FederatedClient, owner: Owner, settings: Settings) -> dict[str, Any]:
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": settings.ledger_size}}}
+    if settings.storage_class:
+        spec["storageClassName"] = settings.storage_class
+    labels = {"app.kubernetes.io/managed-by": "fedsec-operator", "fedsec.io/site": site.metadata.name}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": _meta(ledger_claim(site.metadata.name), site.metadata.namespace, labels, owner), "spec": spec}
+
+
+def service(names: JobNames, namespace: str, owner: Owner) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(names.aggregator, namespace, names.labels(ROLE_AGGREGATOR), owner),
+        "spec": {
+            "selector": names.labels(ROLE_AGGREGATOR),
+            "ports": [
+                {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def network_policy(names: JobNames, namespace: str, owner: Owner, settings: Settings) -> dict[str, Any]:
+    """Ingress to the aggregator's round port from this job's client pods (any namespace: sites
+    live in their own) and the operator; its metrics port from inside the cluster; no egress at
+    all (it calls nothing: clients call it)."""
+    key, value = OPERATOR_POD_LABEL
+    clients = {"namespaceSelector": {}, "podSelector": {"matchLabels": names.labels(ROLE_CLIENT)}}
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}},
+                "podSelector": {"matchLabels": {key: value}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _meta(names.aggregator, namespace, names.labels(ROLE_AGGREGATOR), owner),
+        "spec": {
+            "podSelector": {"matchLabels": names.labels(ROLE_AGGREGATOR)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                {"from": [clients, operator], "ports": [{"protocol": "TCP", "port": GRPC_PORT}]},
+                {"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            ],
+            "egress": [],
+        },
+    }
+
+
+def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, settings: Settings, *,
+                          config_digest: str, replicas: int) -> dict[str, Any]:
+    labels = names.labels(ROLE_AGGREGATOR)
+    container = {
+        "name": "aggregator",
+        "image": settings.runtime_image,
+        "args": ["aggregator", "--config", str(CONFIG_DIR / AGGREGATOR_CONFIG)],
+        "ports": [{"name": "grpc", "containerPort": GRPC_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
+        "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}],
+        "readinessProbe": {"tcpSocket": {"port": GRPC_PORT}, "periodSeconds": 2, "failureThreshold": 3},
+        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "securityContext": _CONTAINER_SECURITY,
+        "volumeMounts": [
+            {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
+            {"name": "pki", "mountPath": str(PKI_DIR), "readOnly": True},
+            {"name": "state", "mountPath": str(STATE_DIR)},
+            _TMP[1],
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(names.aggregator, namespace, labels, owner),
+        "spec": {
+            "replicas": replicas,
+            "strategy": {"type": "Recreate"},  # one writer of the checkpoint volume, ever
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels, "annotations": {CONFIG_HASH: config_digest}},
+                "spec": {
+                    "serviceAccountName": names.service_account,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {**_POD_SECURITY, "fsGroup": 65532},
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "config", "configMap": {"name": names.aggregator}},
+                        _pki_volume(names.aggregator_secret),
+                        {"name": "state", "persistentVolumeClaim": {"claimName": names.checkpoints}},
+                        _TMP[0],
+                    ],
+                },
+            },
+        },
+    }
+
+
+def client_job(names: JobNames, site: FederatedClient, owner: Owner, settings: Settings) -> dict[str, Any]:
+    """One site's part in one job: a batch Job in the site's namespace, owned by its
+    FederatedClient (the job's own namespace may differ, and owners cannot cross namespaces).
+    A crashed or killed pod is replaced (``backoffLimit``) and rejoins the rounds."""
+    s = site.metadata.name
+    name = names.site(s)
+    labels = names.labels(ROLE_CLIENT, s)
+    container: dict[str, Any] = {
+        "name": "client",
+        "image": site.spec.image or settings.runtime_image,
+        "args": ["client", "--config", str(CONFIG_DIR / CLIENT_CONFIG)],
+        "env": [{"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}],
+        "resources": site.spec.resources or {"requests": {"cpu": "250m", "memory": "512Mi"}},
+        "securityContext": _CONTAINER_SECURITY,
+        "volumeMounts": [
+            {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
+            {"name": "pki", "mountPath": str(PKI_DIR), "readOnly": True},
+            {"name": "ledger", "mountPath": str(LEDGER_DIR)},
+            _TMP[1],
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {**_POD_SECURITY, "fsGroup": 65532},
+        "containers": [container],
+        "volumes": [
+            {"name": "config", "configMap": {"name": name}},
+            _pki_volume(names.site_secret(s)),
+            {"name": "ledger", "persistentVolumeClaim": {"claimName": ledger_claim(s)}},
+            _TMP[0],
+        ],
+    }
+    if site.spec.node_selector:
+        pod_spec["nodeSelector"] = dict(site.spec.node_selector)
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": _meta(name, site.metadata.namespace, labels, owner),
+        "spec": {
+            "backoffLimit": settings.client_backoff_limit,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }

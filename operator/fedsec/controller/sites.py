@@ -1,0 +1,70 @@
+"""A FederatedClient's own status: phase, budget and what every job did here. Pure.
+
+The jobs write their rows (``status.jobs``, ``status.ledger``) as they plan and run; this module
+derives the site-level fields from them, so the rule "what a site has left" lives in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+PENDING, READY, TRAINING, EXHAUSTED, INVALID = "Pending", "Ready", "Training", "BudgetExhausted", "Invalid"
+
+
+def site_status(body: dict[str, Any], *, now: str) -> dict[str, Any]:
+    from fedsec.controller.reconcile import parse_client
+    from fedsec.controller.status import _cond
+
+    prior = body.get("status") or {}
+    gen = int(body["metadata"].get("generation") or 1)
+    before = {c["type"]: c for c in prior.get("conditions", []) if isinstance(c, dict) and "type" in c}
+    try:
+        site = parse_client(body)
+    except ValidationError as exc:
+        why = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        return {"phase": INVALID, "observedGeneration": gen, "message": f"the spec is invalid: {why}",
+                "conditions": [_cond(before, "Ready", False, "InvalidSpec", why, gen, now)]}
+    ledger = {k: v for k, v in (prior.get("ledger") or {}).items() if isinstance(v, dict)}
+    spent = sum(float(v.get("epsilon", 0.0)) for v in ledger.values())
+    budget = site.spec.privacy.budget
+    remaining = None if budget is None else round(max(0.0, budget - spent), 6)
+    jobs = {k: v for k, v in (prior.get("jobs") or {}).items() if isinstance(v, dict)}
+    training = sorted(k for k, v in jobs.items() if v.get("state") in ("Admitted", "Training"))
+    refused = {k: v.get("reason", "") for k, v in jobs.items() if v.get("state") == "Refused"}
+    if remaining is not None and remaining <= 0:
+        phase, message = EXHAUSTED, f"the privacy budget of {budget:g} is spent; no private job runs here any more"
+    elif training:
+        phase, message = TRAINING, f"training in {', '.join(training)}"
+    else:
+        phase, message = READY, "ready to join jobs that select it"
+    out: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": gen,
+        "message": message,
+        "epsilonSpent": round(spent, 6),
+        "joined": training,
+        "refused": refused,
+        "conditions": [
+            _cond(before, "Ready", phase != EXHAUSTED, phase, message, gen, now),
+            _cond(before, "BudgetAvailable", remaining is None or remaining > 0,
+                  "NoBudget" if budget is None else ("Available" if remaining and remaining > 0 else "Exhausted"),
+                  "no budget set" if budget is None else f"{remaining:g} of {budget:g} left", gen, now),
+        ],
+    }
+    if remaining is not None:
+        out["remainingBudget"] = remaining
+        out["budget"] = budget
+    return out
+
+
+def changed(prior: dict[str, Any], new: dict[str, Any]) -> bool:
+    for k, v in new.items():
+        if k == "conditions":
+            strip = lambda cs: sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in cs)  # noqa: E731
+            if strip(prior.get("conditions", [])) != strip(v):
+                return True
+        elif prior.get(k) != v:
+            return True
+    return False

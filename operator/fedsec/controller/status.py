@@ -1,0 +1,179 @@
+"""A FederatedJob's status from what the operator observed. Pure: no API calls.
+
+Conditions have the metav1.Condition shape. Besides the five the design names (Ready, QuorumMet,
+KeysReady, Degraded, RolledBack), the job carries ``Reconciling`` and ``Stalled``: kstatus (and so
+Flux, and Argo CD's generic check) reads a custom resource as InProgress while ``Reconciling`` is
+True, Failed while ``Stalled`` is True, and Current otherwise once ``observedGeneration`` caught
+up. A ``lastTransitionTime`` changes only when the condition's status does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+PENDING, WAITING, RUNNING, SUCCEEDED, FAILED = "Pending", "WaitingForQuorum", "Running", "Succeeded", "Failed"
+FINAL = (SUCCEEDED, FAILED)
+CONDITION_TYPES = ("Ready", "QuorumMet", "KeysReady", "Degraded", "RolledBack", "Reconciling", "Stalled")
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Observation:
+    """Everything one reconcile learned, in the order it learned it."""
+
+    generation: int
+    invalid: str | None = None  # the spec or the plan cannot run: why
+    admitted: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)
+    quorum: int = 0
+    keys_ready: bool = False
+    keys_message: str = ""
+    sites_ready: int = 0  # admitted sites with a running client pod
+    aggregator_started: bool = False
+    aggregator: dict[str, Any] | None = None  # the admin API's answer
+    aggregator_error: str | None = None
+    rollback: tuple[str, str] | None = None  # (reason, message) of the last rollback request
+    scaled_down: bool = False
+
+
+def _cond(prior: dict[str, dict[str, Any]], ctype: str, status: bool | None, reason: str, message: str,
+          generation: int, now: str) -> dict[str, Any]:
+    value = "Unknown" if status is None else ("True" if status else "False")
+    old = prior.get(ctype)
+    since = old["lastTransitionTime"] if old and old.get("status") == value and old.get("lastTransitionTime") else now
+    return {"type": ctype, "status": value, "reason": reason, "message": message[:32768],
+            "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def phase_of(o: Observation) -> str:
+    if o.invalid is not None:
+        return FAILED
+    agg = o.aggregator
+    if agg is not None and agg.get("finished"):
+        return SUCCEEDED if agg.get("status") == SUCCEEDED else FAILED
+    if agg is not None:
+        return RUNNING
+    if o.aggregator_started:
+        return RUNNING
+    if o.keys_ready:
+        return WAITING
+    return PENDING
+
+
+def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None) -> dict[str, Any]:
+    """The whole ``status`` the operator writes for one job (it owns every field of it)."""
+    now = now or now_rfc3339()
+    before = {c["type"]: c for c in prior.get("conditions", []) if isinstance(c, dict) and "type" in c}
+    phase = phase_of(o)
+    agg = o.aggregator or {}
+    g = o.generation
+    n = len(o.admitted)
+    conds: list[dict[str, Any]] = []
+
+    if o.invalid is not None:
+        conds.append(_cond(before, "Ready", False, "InvalidSpec", o.invalid, g, now))
+    elif phase == SUCCEEDED:
+        conds.append(_cond(before, "Ready", True, "TrainingComplete", agg.get("reason", "trained"), g, now))
+    elif phase == FAILED:
+        conds.append(_cond(before, "Ready", False, "JobFailed", agg.get("reason", "the job failed"), g, now))
+    else:
+        conds.append(_cond(before, "Ready", False, "Training" if phase == RUNNING else phase,
+                           f"round {agg.get('round', 0)} of {agg.get('roundsPlanned', '?')}" if phase == RUNNING
+                           else "waiting for keys and clients", g, now))
+
+    if o.invalid is not None:
+        conds.append(_cond(before, "QuorumMet", False, "InvalidSpec", "the job cannot be planned", g, now))
+    elif agg:
+        live = sum(1 for v in agg.get("sites", {}).values() if v == "live")
+        met = live >= o.quorum or bool(agg.get("finished"))
+        conds.append(_cond(before, "QuorumMet", met, "QuorumMet" if met else "QuorumNotMet",
+                           f"{live} of {n} admitted clients connected; a round needs {o.quorum}", g, now))
+    else:
+        met = o.sites_ready >= o.quorum > 0
+        conds.append(_cond(before, "QuorumMet", met, "QuorumMet" if met else "WaitingForClients",
+                           f"{o.sites_ready} of {n} admitted clients ready; rounds start at {o.quorum}", g, now))
+
+    conds.append(_cond(before, "KeysReady", o.keys_ready if o.invalid is None else False,
+                       "KeysIssued" if o.keys_ready else "KeysPending",
+                       o.keys_message or (f"key epoch {agg.get('keyEpoch', 0)}" if o.keys_ready else "issuing the job's keys"),
+                       g, now))
+
+    degraded_why = []
+    if o.aggregator_error and phase not in FINAL:
+        degraded_why.append(f"aggregator unreachable: {o.aggregator_error}")
+    dropped = sorted(s for s, v in agg.get("sites", {}).items() if v == "dropped")
+    if dropped and phase not in FINAL:
+        degraded_why.append(f"dropped clients: {', '.join(dropped)}")
+    if o.refused:
+        degraded_why.append(f"{len(o.refused)} selected site(s) refused")
+    conds.append(_cond(before, "Degraded", bool(degraded_why), "Degraded" if degraded_why else "Healthy",
+                       "; ".join(degraded_why) or "all admitted clients healthy", g, now))
+
+    lineage = agg.get("lineage") or prior.get("lineage") or []
+    if o.rollback is not None:
+        reason, message = o.rollback
+        conds.append(_cond(before, "RolledBack", reason == "RolledBack", reason, message, g, now))
+    elif lineage:
+        last = lineage[-1]
+        conds.append(_cond(before, "RolledBack", True, "RolledBack",
+                           f"rolled back to round {last['round']} (model version {last['version']})", g, now))
+    else:
+        conds.append(_cond(before, "RolledBack", False, "NoRollback", "the model's lineage has no rollback", g, now))
+
+    conds.append(_cond(before, "Reconciling", phase not in FINAL, "Progressing" if phase not in FINAL else "Finished",
+                       f"phase {phase}", g, now))
+    stalled = phase == FAILED
+    conds.append(_cond(before, "Stalled", stalled, "Failed" if stalled else "NotStalled",
+                       (o.invalid or agg.get("reason", "")) if stalled else "", g, now))
+
+    metrics = {k: round(float(v), 6) for k, v in (agg.get("metrics") or prior.get("metrics") or {}).items()}
+    main = agg.get("mainMetric") or prior.get("mainMetricName")
+    epsilon = {k: round(float(v), 6) for k, v in (agg.get("epsilon") or prior.get("epsilon") or {}).items()}
+    status: dict[str, Any] = {
+        "phase": phase,
+        "observedGeneration": g,
+        "round": int(agg.get("round", prior.get("round", 0))),
+        "roundsPlanned": agg.get("roundsPlanned", prior.get("roundsPlanned")),
+        "modelVersion": agg.get("modelVersion", prior.get("modelVersion")),
+        "lastGoodRound": agg.get("lastGoodRound", prior.get("lastGoodRound")),
+        "keyEpoch": agg.get("keyEpoch", prior.get("keyEpoch", 0)),
+        "quorum": f"{o.quorum}/{n}" if n else None,
+        "clientsReady": o.sites_ready,
+        "participants": agg.get("contributors", prior.get("participants", [])),
+        "admitted": list(o.admitted),
+        "refused": dict(o.refused),
+        "metrics": metrics,
+        "mainMetricName": main,
+        "mainMetric": f"{main}={metrics[main]:.4f}" if main and main in metrics else None,
+        "epsilon": epsilon,
+        "epsilonSpent": max(epsilon.values()) if epsilon else None,
+        "lineage": lineage,
+        "message": next((c["message"] for c in conds if c["type"] == "Ready"), ""),
+        "conditions": conds,
+    }
+    return {k: v for k, v in status.items() if v is not None}
+
+
+def transitions(prior: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(type Normal/Warning, reason, message) for every change worth a Kubernetes Event."""
+    out: list[tuple[str, str, str]] = []
+    if prior.get("phase") != new.get("phase"):
+        kind = "Warning" if new.get("phase") == FAILED else "Normal"
+        out.append((kind, f"Phase{new.get('phase')}", f"phase {prior.get('phase', 'none')} -> {new.get('phase')}: {new.get('message', '')}"))
+    before = {c["type"]: c for c in prior.get("conditions", []) if isinstance(c, dict)}
+    for c in new.get("conditions", []):
+        if c["type"] in ("Reconciling", "Stalled", "Ready"):
+            continue  # the phase event says it
+        old = before.get(c["type"])
+        if old is None or old.get("status") != c["status"] or old.get("reason") != c["reason"]:
+            bad = (c["type"] == "Degraded" and c["status"] == "True") or (c["type"] != "Degraded" and c["status"] == "False"
+                                                                          and c["type"] != "RolledBack")
+            out.append(("Warning" if bad else "Normal", c["reason"], f"{c['type']}={c['status']}: {c['message']}"))
+    if prior.get("round") != new.get("round") and new.get("round"):
+        out.append(("Normal", "RoundCommitted", f"round {new['round']} committed (model version {new.get('modelVersion')})"))
+    return out
