@@ -38,6 +38,7 @@ class Settings:
     """What the operator's installation decides (Helm values → environment), not the job."""
 
     runtime_image: str = "ghcr.io/fedsec/fedsec-runtime:0.1.0"
+    runtime_image_pull_policy: str = "IfNotPresent"
     operator_namespace: str = "fedsec-system"
     cluster_domain: str = "cluster.local"
     checkpoint_size: str = "1Gi"
@@ -194,6 +195,7 @@ def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, setting
     container = {
         "name": "aggregator",
         "image": settings.runtime_image,
+        "imagePullPolicy": settings.runtime_image_pull_policy,
         "args": ["aggregator", "--config", str(CONFIG_DIR / AGGREGATOR_CONFIG)],
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
         "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}],
@@ -245,6 +247,7 @@ def client_job(names: JobNames, site: FederatedClient, owner: Owner, settings: S
     container: dict[str, Any] = {
         "name": "client",
         "image": site.spec.image or settings.runtime_image,
+        "imagePullPolicy": settings.runtime_image_pull_policy,
         "args": ["client", "--config", str(CONFIG_DIR / CLIENT_CONFIG)],
         "env": [{"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}],
         "resources": site.spec.resources or {"requests": {"cpu": "250m", "memory": "512Mi"}},

@@ -36,6 +36,7 @@ def settings_from_env() -> ch.Settings:
     d = ch.Settings()
     return ch.Settings(
         runtime_image=env.get("FEDSEC_RUNTIME_IMAGE", d.runtime_image),
+        runtime_image_pull_policy=env.get("FEDSEC_RUNTIME_IMAGE_PULL_POLICY", d.runtime_image_pull_policy),
         operator_namespace=env.get("FEDSEC_OPERATOR_NAMESPACE", d.operator_namespace),
         cluster_domain=env.get("FEDSEC_CLUSTER_DOMAIN", d.cluster_domain),
         checkpoint_size=env.get("FEDSEC_CHECKPOINT_SIZE", d.checkpoint_size),
@@ -54,6 +55,10 @@ def register(registry: kopf.OperatorRegistry, reconciler: JobReconciler, kube: K
         settings.execution.max_workers = 64  # each job's daemon holds one thread
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)  # in-cluster ServiceAccount, else the kubeconfig
 
     @kopf.daemon(GROUP, VERSION, "federatedjobs", registry=registry, cancellation_timeout=30.0)
     def job_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:

@@ -132,6 +132,7 @@ class JobReconciler:
             self._write(body, prior, obs)
             return IDLE_INTERVAL
         admitted, quorum = plan
+        obs.rounds = job.spec.rounds
         obs.admitted, obs.quorum = [c.metadata.name for c in admitted], quorum
 
         final_before = prior.get("phase") in st.FINAL and prior.get("observedGeneration") == gen

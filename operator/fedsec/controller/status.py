@@ -27,6 +27,7 @@ class Observation:
     """Everything one reconcile learned, in the order it learned it."""
 
     generation: int
+    rounds: int = 0  # planned, from the spec
     invalid: str | None = None  # the spec or the plan cannot run: why
     admitted: list[str] = field(default_factory=list)
     refused: dict[str, str] = field(default_factory=dict)
@@ -83,7 +84,7 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
         conds.append(_cond(before, "Ready", False, "JobFailed", agg.get("reason", "the job failed"), g, now))
     else:
         conds.append(_cond(before, "Ready", False, "Training" if phase == RUNNING else phase,
-                           f"round {agg.get('round', 0)} of {agg.get('roundsPlanned', '?')}" if phase == RUNNING
+                           f"round {agg.get('round', prior.get('round', 0))} of {o.rounds}" if phase == RUNNING
                            else "waiting for keys and clients", g, now))
 
     if o.invalid is not None:
@@ -131,14 +132,15 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
     conds.append(_cond(before, "Stalled", stalled, "Failed" if stalled else "NotStalled",
                        (o.invalid or agg.get("reason", "")) if stalled else "", g, now))
 
-    metrics = {k: round(float(v), 6) for k, v in (agg.get("metrics") or prior.get("metrics") or {}).items()}
+    metrics = {k: round(float(v), 6) for k, v in (agg.get("metrics") or prior.get("metrics") or {}).items()
+               if k != "samples"}
     main = agg.get("mainMetric") or prior.get("mainMetricName")
     epsilon = {k: round(float(v), 6) for k, v in (agg.get("epsilon") or prior.get("epsilon") or {}).items()}
     status: dict[str, Any] = {
         "phase": phase,
         "observedGeneration": g,
         "round": int(agg.get("round", prior.get("round", 0))),
-        "roundsPlanned": agg.get("roundsPlanned", prior.get("roundsPlanned")),
+        "roundsPlanned": o.rounds or agg.get("roundsPlanned", prior.get("roundsPlanned")),
         "modelVersion": agg.get("modelVersion", prior.get("modelVersion")),
         "lastGoodRound": agg.get("lastGoodRound", prior.get("lastGoodRound")),
         "keyEpoch": agg.get("keyEpoch", prior.get("keyEpoch", 0)),
