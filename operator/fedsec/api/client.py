@@ -11,34 +11,51 @@ from fedsec.api.meta import API_VERSION, LabelSelector, ObjectMeta, Spec
 
 
 class SitePolicy(Spec):
-    """The site's own terms; a job runs here only where these hold (enforced by the privacy issue)."""
+    """The site's own terms; a job runs here only where these hold."""
 
-    min_secure_aggregation_threshold: float | None = Field(None, gt=0.0)
-    required_modes: list[Literal["secagg", "he-ckks", "none"]] = Field(default_factory=list)
-    max_epsilon_per_job: float | None = Field(None, gt=0.0)
-    require_dp: bool = False
-    accept_jobs: LabelSelector | None = None
-    accept_namespaces: list[str] = Field(default_factory=list)
-    allowed_aggregator_images: list[str] = Field(default_factory=list)
+    min_secure_aggregation_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        description="least threshold the job's secure aggregation must use: a fraction (at most 1) of a round, "
+        "or a count (above 1) of survivors",
+    )
+    required_modes: list[Literal["secagg", "he-ckks", "none"]] = Field(
+        default_factory=list, description="secure-aggregation modes the site accepts (empty: any)"
+    )
+    max_epsilon_per_job: float | None = Field(None, gt=0.0, description="refuse jobs whose target epsilon exceeds this")
+    require_dp: bool = Field(False, description="refuse jobs without differential privacy")
+    accept_jobs: LabelSelector | None = Field(None, description="label selector over the jobs' labels (unset: any job)")
+    accept_namespaces: list[str] = Field(default_factory=list, description="job namespaces the site accepts (empty: any)")
+    allowed_aggregator_images: list[str] = Field(
+        default_factory=list, description="aggregator images the site accepts (empty: any)"
+    )
 
 
 class SitePrivacy(Spec):
+    """The site's differential-privacy budget (docs/privacy.md)."""
+
     budget: float | None = Field(None, gt=0.0, description="total epsilon across all jobs on this data")
 
 
 class AggregatorEndpoint(Spec):
-    endpoint: str = Field(min_length=1)
-    ca_secret: str | None = None
+    """The aggregator to reach when the job runs in another cluster."""
+
+    endpoint: str = Field(min_length=1, description="host:port of the aggregator")
+    ca_secret: str | None = Field(None, description="Secret with the CA certificate that verifies the aggregator")
 
 
 class FederatedClientSpec(Spec):
+    """One site: its data, its own terms and its privacy budget."""
+
     data: DataSource
     policy: SitePolicy = Field(default_factory=SitePolicy)
     privacy: SitePrivacy = Field(default_factory=SitePrivacy)
     aggregator: AggregatorEndpoint | None = None
-    image: str | None = None
-    resources: dict[str, dict[str, str]] = Field(default_factory=dict)
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    image: str | None = Field(None, description="container image of the site's client pods")
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="requests and limits of the site's client pods, as in a container's resources"
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="node labels the site's client pods run on")
 
 
 class FederatedClient(Spec):

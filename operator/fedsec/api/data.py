@@ -14,11 +14,11 @@ BUILTIN_DATASETS = ("breast-cancer", "iris", "wine", "digits")
 class Partition(Spec):
     """Which shard of a builtin dataset a demo site holds (real sites hold their own files)."""
 
-    scheme: Literal["iid", "dirichlet"] = "iid"
+    scheme: Literal["iid", "dirichlet"] = Field("iid", description="iid, or dirichlet (label skew)")
     alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration: small is more non-iid")
-    shards: PositiveInt
-    shard: int = Field(ge=0)
-    seed: int = 0
+    shards: PositiveInt = Field(description="number of shards the rows are split into")
+    shard: int = Field(ge=0, description="this site's shard, numbered from 0")
+    seed: int = Field(0, description="seed of the split")
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> Partition:
@@ -31,20 +31,24 @@ class BuiltinData(Spec):
     """A scikit-learn dataset shipped with the package, for demos. Rows in the holdout are never
     in any site's partition, given the same ``holdoutFraction`` and ``seed`` on job and sites."""
 
-    name: Literal["breast-cancer", "iris", "wine", "digits"]
-    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
-    seed: int = 0
+    name: Literal["breast-cancer", "iris", "wine", "digits"] = Field(description="the scikit-learn dataset")
+    holdout_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="fraction of the rows held out for the aggregator's evaluation"
+    )
+    seed: int = Field(0, description="seed of the holdout split")
     partition: Partition | None = None
 
 
 class FileData(Spec):
     """A CSV or Parquet file at the site; the job's ``task.target`` names the label column."""
 
-    path: str = Field(min_length=1)
+    path: str = Field(min_length=1, description="path of the file")
     format: Literal["csv", "parquet"] | None = Field(None, description="default: from the file suffix")
 
 
 class DataSource(Spec):
+    """Where the data come from: exactly one of builtin or file."""
+
     builtin: BuiltinData | None = None
     file: FileData | None = None
 

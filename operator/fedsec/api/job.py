@@ -17,13 +17,21 @@ _FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
 class ModelSpec(Spec):
     """A builtin architecture, or a factory ``module:function`` importable in the runtime image."""
 
-    builtin: Literal["logistic-regression", "mlp"] | None = None
-    factory: str | None = None
+    builtin: Literal["logistic-regression", "mlp"] | None = Field(None, description="a builtin architecture (give this or factory)")
+    factory: str | None = Field(
+        None,
+        description="'package.module:function' in the runtime image returning a torch.nn.Module, called with params "
+        "(give this or builtin)",
+    )
     input_dim: PositiveInt = Field(description="number of input features")
-    num_classes: int = Field(2, ge=2, le=10_000)
-    hidden: list[PositiveInt] = Field(default_factory=lambda: [64], max_length=16)
-    params: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    seed: int = 0
+    num_classes: int = Field(2, ge=2, le=10_000, description="number of classes of the label")
+    hidden: list[PositiveInt] = Field(
+        default_factory=lambda: [64], max_length=16, description="hidden layer widths of mlp (default [64])"
+    )
+    params: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="keyword arguments for factory"
+    )
+    seed: int = Field(0, description="seed of the initial weights, the sites' validation splits and local training")
 
     @field_validator("factory")
     @classmethod
@@ -48,13 +56,15 @@ class TaskSpec(Spec):
 
     target: str = Field("target", min_length=1, description="label column for file data")
     features: list[str] | None = Field(None, description="feature columns (default: all but target)")
-    local_epochs: int = Field(1, ge=1, le=1000)
-    batch_size: int = Field(32, ge=1, le=1_000_000)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    learning_rate: float = Field(0.05, gt=0.0, le=10.0)
-    momentum: float = Field(0.0, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
-    validation_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    local_epochs: int = Field(1, ge=1, le=1000, description="passes over the site's training rows per round")
+    batch_size: int = Field(32, ge=1, le=1_000_000, description="local mini-batch size")
+    optimizer: Literal["sgd", "adam"] = Field("sgd", description="local optimizer")
+    learning_rate: float = Field(0.05, gt=0.0, le=10.0, description="local learning rate")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD momentum (sgd only; 0 for adam)")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0, description="L2 weight decay of the local optimizer")
+    validation_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="fraction of each site's rows kept for its validation metrics"
+    )
     standardize: bool = Field(True, description="federated feature standardisation before round 1")
     feature_ranges: list[list[float]] | None = Field(
         None,
@@ -73,17 +83,29 @@ class TaskSpec(Spec):
 
 
 class ClientsSpec(Spec):
-    selector: LabelSelector = Field(default_factory=LabelSelector)
+    """Which FederatedClients (sites) may join."""
+
+    selector: LabelSelector = Field(
+        default_factory=LabelSelector, description="label selector over FederatedClients (empty: every site)"
+    )
 
 
 class QuorumSpec(Spec):
     """How many sites a round needs. Required = max(minClients, ceil(minFraction × admitted sites))."""
 
-    min_clients: PositiveInt | None = None
-    min_fraction: Fraction | None = None
-    round_timeout_seconds: float = Field(60.0, gt=0.0, le=86_400.0)
-    join_timeout_seconds: float = Field(300.0, gt=0.0, le=86_400.0)
-    max_retries: int = Field(3, ge=0, le=100)
+    min_clients: PositiveInt | None = Field(None, description="least contributing sites per round, as a count")
+    min_fraction: Fraction | None = Field(
+        None, description="least contributing sites per round, as a fraction of the admitted sites"
+    )
+    round_timeout_seconds: float = Field(
+        60.0, gt=0.0, le=86_400.0, description="deadline of each phase of a round; also the start grace for late sites"
+    )
+    join_timeout_seconds: float = Field(
+        300.0, gt=0.0, le=86_400.0, description="how long the job waits for a quorum of sites to join before it fails"
+    )
+    max_retries: int = Field(
+        3, ge=0, le=100, description="retries of one round (each under a new round id) before the job fails"
+    )
 
     @model_validator(mode="after")
     def _some_bound(self) -> QuorumSpec:
@@ -99,14 +121,20 @@ class QuorumSpec(Spec):
 
 
 class EvaluationSpec(Spec):
+    """Evaluation of the global model at the aggregator."""
+
     holdout: Holdout | None = None
-    main_metric: Literal["auc", "accuracy", "loss"] = "auc"
+    main_metric: Literal["auc", "accuracy", "loss"] = Field("auc", description="the metric the job reports first")
 
 
 class SecureAggregationSpec(Spec):
     """How updates are protected on their way to the aggregate (docs/secure-aggregation.md)."""
 
-    mode: Literal["secagg", "he-ckks", "none"] = "secagg"
+    mode: Literal["secagg", "he-ckks", "none"] = Field(
+        "secagg",
+        description="secagg: the aggregator learns only the sum of the updates; he-ckks: CKKS homomorphic "
+        "encryption; none: plaintext, the aggregator sees each update",
+    )
     threshold: int | float | None = Field(
         None,
         description="least survivors to unmask: a fraction in (0.5, 1] of a round's participants "
@@ -118,8 +146,8 @@ class SecureAggregationSpec(Spec):
         None, ge=1, le=40, description="fractional bits (default: the most the ring allows; at most 40, and ringBits - 2)"
     )
     neighbours: int | None = Field(None, ge=2, description="SecAgg+ graph degree, even (default: automatic)")
-    poly_modulus_degree: int = Field(8192, description="CKKS ring dimension")
-    global_scale_bits: int = Field(40, ge=20, le=60)
+    poly_modulus_degree: int = Field(8192, description="CKKS ring dimension: 4096, 8192, 16384 or 32768")
+    global_scale_bits: int = Field(40, ge=20, le=60, description="CKKS scale 2^globalScaleBits")
 
     @field_validator("threshold")
     @classmethod
@@ -151,11 +179,21 @@ class SecureAggregationSpec(Spec):
 
 
 class PrivacySpec(Spec):
-    mechanism: Literal["none", "dp-sgd", "distributed-gaussian"] = "none"
-    target_epsilon: float | None = Field(None, gt=0.0, le=100.0)
-    delta: float = Field(1e-5, gt=0.0, lt=1.0)
-    clipping_norm: float = Field(1.0, gt=0.0)
-    accountant: Literal["rdp", "prv"] = "rdp"
+    """Differential privacy (docs/privacy.md)."""
+
+    mechanism: Literal["none", "dp-sgd", "distributed-gaussian"] = Field(
+        "none",
+        description="dp-sgd: DP-SGD at each site (record-level DP per site); distributed-gaussian: each site adds "
+        "a share of Gaussian noise under secure aggregation (user-level DP of the aggregate)",
+    )
+    target_epsilon: float | None = Field(
+        None, gt=0.0, le=100.0, description="epsilon each site spends over all planned rounds; required with a mechanism"
+    )
+    delta: float = Field(1e-5, gt=0.0, lt=1.0, description="the delta of (epsilon, delta)-DP")
+    clipping_norm: float = Field(
+        1.0, gt=0.0, description="per-sample gradient bound (dp-sgd), per-update L2 bound (distributed-gaussian)"
+    )
+    accountant: Literal["rdp", "prv"] = Field("rdp", description="privacy accountant (Opacus)")
 
     @model_validator(mode="after")
     def _epsilon_needed(self) -> PrivacySpec:
@@ -165,40 +203,58 @@ class PrivacySpec(Spec):
 
 
 class DriftGuardSpec(Spec):
-    metric: Literal["auc", "accuracy", "loss"] = "auc"
-    max_drop: float = Field(0.05, gt=0.0)
-    action: Literal["rollback", "alert"] = "rollback"
+    """Watches the global model's holdout metric from round to round."""
+
+    metric: Literal["auc", "accuracy", "loss"] = Field("auc", description="the holdout metric watched")
+    max_drop: float = Field(0.05, gt=0.0, description="largest tolerated drop of the metric")
+    action: Literal["rollback", "alert"] = Field(
+        "rollback", description="on a larger drop: roll back to the last good round, or only alert"
+    )
 
 
 class DefenseSpec(Spec):
+    """Defenses against poisoned updates."""
+
     norm_bound: float | None = Field(None, gt=0.0, description="reject updates whose L2 norm exceeds this")
-    rule: Literal["fedavg", "trimmed-mean", "median", "krum"] = "fedavg"
+    rule: Literal["fedavg", "trimmed-mean", "median", "krum"] = Field("fedavg", description="aggregation rule")
     drift_guard: DriftGuardSpec | None = None
-    reputation: bool = False
+    reputation: bool = Field(False, description="weigh sites by a reputation earned over rounds")
 
 
 class RotationSpec(Spec):
-    every_rounds: int | None = Field(None, ge=1)
-    grace_rounds: int = Field(1, ge=0)
+    """Key rotation into numbered key epochs."""
+
+    every_rounds: int | None = Field(None, ge=1, description="rotate every this many rounds (unset: never)")
+    grace_rounds: int = Field(1, ge=0, description="rounds the previous epoch's keys still verify after a rotation")
 
 
 class KeysSpec(Spec):
-    source: Literal["file", "secret", "pkcs11"] = "file"
+    """Where the job's certificates and signing keys come from, and their rotation."""
+
+    source: Literal["file", "secret", "pkcs11"] = Field(
+        "file", description="file: local files; secret: Kubernetes Secrets; pkcs11: an HSM or KMS through PKCS#11"
+    )
     rotation: RotationSpec = Field(default_factory=RotationSpec)
 
 
 class CheckpointSpec(Spec):
+    """Committed rounds the aggregator keeps."""
+
     keep: int = Field(0, ge=0, description="committed rounds to keep (0: all)")
 
 
 class RollbackSpec(Spec):
-    to_round: int = Field(ge=0)
+    """Make a committed round's model the current one again; versions only grow."""
+
+    to_round: int = Field(ge=0, description="the round whose model becomes current")
 
 
 class FederatedJobSpec(Spec):
+    """What to train, over which sites, under which guarantees."""
+
     model: ModelSpec
     task: TaskSpec = Field(default_factory=TaskSpec)
-    rounds: int = Field(ge=1, le=100_000)
+    rounds: int = Field(ge=1, le=100_000, description="committed training rounds")
     clients: ClientsSpec = Field(default_factory=ClientsSpec)
     quorum: QuorumSpec
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)

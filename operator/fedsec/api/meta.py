@@ -78,9 +78,11 @@ class ObjectMeta(Spec):
 
 
 class LabelSelectorRequirement(Spec):
-    key: str
+    """One requirement of a label selector."""
+
+    key: str = Field(description="the label key")
     operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
-    values: list[str] = Field(default_factory=list)
+    values: list[str] = Field(default_factory=list, description="the values for In and NotIn")
 
     @field_validator("key")
     @classmethod
@@ -99,8 +101,10 @@ class LabelSelectorRequirement(Spec):
 class LabelSelector(Spec):
     """The Kubernetes label selector: every matchLabels pair and every expression must hold."""
 
-    match_labels: dict[str, str] = Field(default_factory=dict)
-    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+    match_labels: dict[str, str] = Field(default_factory=dict, description="labels that must all be equal")
+    match_expressions: list[LabelSelectorRequirement] = Field(
+        default_factory=list, description="requirements that must all hold"
+    )
 
     def matches(self, labels: dict[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in self.match_labels.items()) and all(
