@@ -3,9 +3,10 @@ intended: a running job is InProgress, a finished one Current, a failed one Fail
 has not yet observed the latest spec is InProgress.
 
 No operator runs here: the test writes each status shape through the status subresource itself and
-runs the real kstatus code (tests/cluster/modules/kstatus, built by tests/cluster/build.sh) on
-`kubectl get -o json`. The shapes come from one function, `job_status`, which the operator's own
-status builder can replace.
+runs the real kstatus code (tests/cluster/modules/kstatus, built by tests/cluster/build.sh) on the
+object as the API server returns it (`kubectl ... -o json`: the answer to the write itself, so an
+operator that another test session runs on a shared cluster cannot rewrite the status in between). The shapes the issue specifies come from one function, `job_status`; the
+operator's own status builder (`fedsec.controller.status.job_status`) is checked the same way.
 """
 
 from __future__ import annotations
@@ -116,8 +117,8 @@ def job_status(shape: str, generation: int) -> dict[str, Any]:
 
 @pytest.fixture
 def job(crds: None, kubectl: Kubectl, namespace: str) -> str:
-    """The example job, applied in a fresh namespace; returns the namespace."""
-    kubectl.apply(yaml.safe_dump(JOB), namespace)
+    """The example job, created in a fresh namespace; returns the namespace."""
+    kubectl("create", "-n", namespace, "-f", "-", input=yaml.safe_dump(JOB))
     return namespace
 
 
@@ -125,13 +126,13 @@ def _generation(kubectl: Kubectl, namespace: str) -> int:
     return int(kubectl.json("get", "fj", NAME, "-n", namespace)["metadata"]["generation"])
 
 
-def _set_status(kubectl: Kubectl, namespace: str, status: dict[str, Any]) -> None:
-    kubectl("patch", "fj", NAME, "-n", namespace, "--subresource=status", "--type=merge",
-            "-p", json.dumps({"status": status}))
+def _set_status(kubectl: Kubectl, namespace: str, status: dict[str, Any]) -> str:
+    """Writes the whole status; returns the object the API server stored, as JSON."""
+    return kubectl("patch", "fj", NAME, "-n", namespace, "--subresource=status", "--type=merge",
+                   "-p", json.dumps({"status": status}), "-o", "json").stdout
 
 
-def _kstatus(kubectl: Kubectl, kstatus: Path, namespace: str) -> dict[str, str]:
-    obj = kubectl("get", "fj", NAME, "-n", namespace, "-o", "json").stdout
+def _kstatus(kstatus: Path, obj: str) -> dict[str, str]:
     r = subprocess.run([str(kstatus)], input=obj, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
@@ -145,27 +146,58 @@ def _kstatus(kubectl: Kubectl, kstatus: Path, namespace: str) -> dict[str, str]:
 def test_kstatus_reads_the_job_status(job: str, kubectl: Kubectl, kstatus: Path,
                                       shape: str, expected: str, message: str) -> None:
     namespace = job
-    _set_status(kubectl, namespace, job_status(shape, _generation(kubectl, namespace)))
-    got = _kstatus(kubectl, kstatus, namespace)
+    got = _kstatus(kstatus, _set_status(kubectl, namespace, job_status(shape, _generation(kubectl, namespace))))
     assert got["status"] == expected, got
     assert message in got["message"], got
 
 
+def operator_status(shape: str, generation: int) -> dict[str, Any]:
+    """The same shapes from the operator's own status builder (fedsec.controller.status)."""
+    from fedsec.controller import status as st
+
+    sites = ["hospital-01", "hospital-02"]
+    running = {"round": 7, "sites": {s: "live" for s in sites}}
+    aggregator = {
+        "pending": None,
+        "waiting": None,
+        "running": running,
+        "succeeded": {"finished": True, "status": st.SUCCEEDED, "round": 20, "reason": "20 rounds committed"},
+        "failed": {"finished": True, "status": st.FAILED, "round": 4, "reason": "round 5 missed quorum 4 times"},
+    }[shape]
+    obs = st.Observation(generation=generation, rounds=20, admitted=sites, quorum=2, keys_ready=shape != "pending",
+                         aggregator_started=aggregator is not None, aggregator=aggregator)
+    return st.job_status(obs, {})
+
+
+@pytest.mark.parametrize(("shape", "expected"), [
+    ("pending", "InProgress"), ("waiting", "InProgress"), ("running", "InProgress"),
+    ("succeeded", "Current"), ("failed", "Failed"),
+])
+def test_kstatus_reads_the_operators_status(job: str, kubectl: Kubectl, kstatus: Path, shape: str, expected: str) -> None:
+    namespace = job
+    obj = _set_status(kubectl, namespace, operator_status(shape, _generation(kubectl, namespace)))
+    assert _kstatus(kstatus, obj)["status"] == expected
+
+
 def test_a_status_behind_the_generation_reads_in_progress(job: str, kubectl: Kubectl, kstatus: Path) -> None:
     namespace = job
-    _set_status(kubectl, namespace, job_status("succeeded", _generation(kubectl, namespace)))
-    assert _kstatus(kubectl, kstatus, namespace)["status"] == "Current"
+    obj = _set_status(kubectl, namespace, job_status("succeeded", _generation(kubectl, namespace)))
+    assert _kstatus(kstatus, obj)["status"] == "Current"
     # A spec change (a GitOps commit) that the operator has not acted on yet.
-    kubectl("patch", "fj", NAME, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"rounds": 30}}))
-    generation = _generation(kubectl, namespace)
+    obj = kubectl("patch", "fj", NAME, "-n", namespace, "--type=merge", "-p", json.dumps({"spec": {"rounds": 30}}),
+                  "-o", "json").stdout
+    generation = json.loads(obj)["metadata"]["generation"]
     assert generation == 2
-    got = _kstatus(kubectl, kstatus, namespace)
-    assert got == {"status": "InProgress",
-                   "message": f"FederatedJob generation is {generation}, but latest observed generation is 1"}
+    assert _kstatus(kstatus, obj) == {
+        "status": "InProgress",
+        "message": f"FederatedJob generation is {generation}, but latest observed generation is 1",
+    }
 
 
-def test_a_job_without_status_reads_current(job: str, kubectl: Kubectl, kstatus: Path) -> None:
+def test_a_job_without_status_reads_current(crds: None, kubectl: Kubectl, namespace: str, kstatus: Path) -> None:
     """kstatus's fallback, pinned here because it matters to the operator: with no status at all (no
     observedGeneration, no conditions) a job reads Current, so the operator must write Reconciling=True
     and observedGeneration as its first act on a new job (docs/status.md)."""
-    assert _kstatus(kubectl, kstatus, job) == {"status": "Current", "message": "Resource is current"}
+    obj = kubectl("create", "-n", namespace, "-f", "-", "-o", "json", input=yaml.safe_dump(JOB)).stdout
+    assert "status" not in json.loads(obj)
+    assert _kstatus(kstatus, obj) == {"status": "Current", "message": "Resource is current"}
