@@ -43,6 +43,17 @@ SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 DEFAULT_PATH = f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+
+def _mount_order(mounts: list[dict[str, Any]], state_dir: str) -> list[dict[str, Any]]:
+    """Mount order: parents before children (as a kubelet does), and any mount over a directory
+    that holds the agent's state (an emptyDir at /tmp, say) last, since the volumes' sources live
+    there and would be hidden from the bind mounts that follow it."""
+    def covers_state(m: dict[str, Any]) -> bool:
+        dst = m["mountPath"].rstrip("/") + "/"
+        return (state_dir.rstrip("/") + "/").startswith(dst)
+
+    return sorted(mounts, key=lambda m: (covers_state(m), m["mountPath"].rstrip("/").count("/")))
+
 class NotYet(Exception):
     """A volume or env source does not exist yet; kubelet waits for it, so do we."""
 
@@ -330,7 +341,7 @@ class PodWorker(threading.Thread):
 
     def _launcher(self, c: Container) -> str:
         lines = ["set -e", f"hostname {shlex.quote(self.hostname)}"]
-        for m in c.spec.get("volumeMounts") or []:
+        for m in _mount_order(c.spec.get("volumeMounts") or [], self.agent.state):
             src = self.volumes.get(m["name"])
             if src is None:
                 raise PodError(f"container {c.name!r} mounts unknown volume {m['name']!r}")
