@@ -2,7 +2,7 @@
 
 One daemon per FederatedJob runs :class:`~fedsec.controller.reconcile.JobReconciler` passes until
 the job is deleted; a finalizer lets the deletion remove the children that live in the sites'
-namespaces. A timer per FederatedClient keeps the site's phase and budget in its status. kopf's
+namespaces. Every change to a FederatedClient recomputes the site's phase and budget in its status. kopf's
 own bookkeeping goes to annotations under ``fedsec.io/``; the spec is never written.
 """
 
@@ -88,8 +88,13 @@ def register(registry: kopf.OperatorRegistry, reconciler: JobReconciler, kube: K
     def job_deleted(body: kopf.Body, **_: Any) -> None:
         reconciler.cleanup(copy.deepcopy(dict(body)))
 
-    @kopf.timer(GROUP, VERSION, "federatedclients", interval=5.0, registry=registry)
-    def site_timer(body: kopf.Body, **_: Any) -> None:
+    # An event handler, not a timer: kopf puts a finalizer on whatever has timers or daemons, and a
+    # site must stay deletable while the operator is down. The jobs' status writes are events too,
+    # and a write that changes nothing raises no new one.
+    @kopf.on.event(GROUP, VERSION, "federatedclients", registry=registry)
+    def site_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+        if type == "DELETED" or body.metadata.get("deletionTimestamp"):
+            return
         b = copy.deepcopy(dict(body))
         new = sites.site_status(b, now=now_rfc3339())
         if sites.changed(b.get("status") or {}, new):

@@ -2,9 +2,9 @@
 
 Conditions have the metav1.Condition shape. Besides the five the design names (Ready, QuorumMet,
 KeysReady, Degraded, RolledBack), the job carries ``Reconciling`` and ``Stalled``: kstatus (and so
-Flux, and Argo CD's generic check) reads a custom resource as InProgress while ``Reconciling`` is
-True, Failed while ``Stalled`` is True, and Current otherwise once ``observedGeneration`` caught
-up. A ``lastTransitionTime`` changes only when the condition's status does.
+Flux) reads a custom resource as InProgress while ``Reconciling`` is True, Failed while ``Stalled``
+is True, and Current once ``observedGeneration`` caught up and ``Ready`` is True (docs/status.md;
+Argo CD needs the Lua health check given there). A ``lastTransitionTime`` changes only when the condition's status does.
 """
 
 from __future__ import annotations
