@@ -103,8 +103,11 @@ def test_deployment_runs_one_hardened_operator(default: dict[str, list[dict[str,
         "FEDSEC_OPERATOR_NAMESPACE": {"fieldRef": {"fieldPath": "metadata.namespace"}},
         "FEDSEC_RUNTIME_IMAGE": "ghcr.io/fedsec/fedsec-runtime:0.1.0",
         "FEDSEC_RUNTIME_IMAGE_PULL_POLICY": "IfNotPresent",
+        "FEDSEC_CLUSTER_DOMAIN": "cluster.local",
+        "FEDSEC_CHECKPOINT_SIZE": "1Gi",
+        "FEDSEC_LEDGER_SIZE": "64Mi",
         "HOME": "/tmp",
-    }
+    }  # no FEDSEC_STORAGE_CLASS: the cluster's default StorageClass
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"healthz": 8080, "http-metrics": 9091}
     for probe in ("livenessProbe", "readinessProbe"):
@@ -128,11 +131,16 @@ def test_images_namespaces_and_placement_from_values(helm: Path) -> None:
                   "--set", f"runtimeImage.digest={digest}", "--set", "runtimeImage.pullPolicy=Always",
                   "--set", "watchNamespaces={site-a,site-b}", "--set", "priorityClassName=system-cluster-critical",
                   "--set", "nodeSelector.role=control", "--set", "podAnnotations.team=ml",
-                  "--set", "tolerations[0].key=dedicated", "--set", "tolerations[0].operator=Exists")
+                  "--set", "tolerations[0].key=dedicated", "--set", "tolerations[0].operator=Exists",
+                  "--set", "workloads.storageClass=fast-ssd", "--set", "workloads.checkpointSize=20Gi",
+                  "--set", "workloads.clusterDomain=corp.internal")
     c = container(objs)
     assert c["image"] == "registry.example/ops/fedsec-operator:1.2.3"
     assert env(c)["FEDSEC_RUNTIME_IMAGE"] == f"ghcr.io/fedsec/fedsec-runtime@{digest}"
     assert env(c)["FEDSEC_RUNTIME_IMAGE_PULL_POLICY"] == "Always"
+    assert env(c)["FEDSEC_STORAGE_CLASS"] == "fast-ssd"
+    assert env(c)["FEDSEC_CHECKPOINT_SIZE"] == "20Gi"
+    assert env(c)["FEDSEC_CLUSTER_DOMAIN"] == "corp.internal"
     assert c["args"] == ["operator", "--namespace", "site-a", "--namespace", "site-b",
                          "--liveness-port", "8080", "--metrics-port", "9091"]
     pod = objs["Deployment"][0]["spec"]["template"]
@@ -188,6 +196,8 @@ def test_chart_crds_are_the_generated_ones(helm: Path) -> None:
         (["--set", "terminationGracePeriodSeconds=soon"], "/terminationGracePeriodSeconds"),
         (["--set", "rbac.enabled=true"], "'enabled' not allowed"),
         (["--set", "podAnnotations.team=1"], "/podAnnotations/team"),
+        (["--set", "workloads.checkpointSize=lots"], "/workloads/checkpointSize"),
+        (["--set", "workloads.storageClas=fast"], "'storageClas' not allowed"),
     ],
 )
 def test_values_schema_refuses_bad_values(helm: Path, args: list[str], message: str) -> None:
