@@ -200,7 +200,7 @@ def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, setting
         "ports": [{"name": "grpc", "containerPort": GRPC_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
         "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}],
         "readinessProbe": {"tcpSocket": {"port": GRPC_PORT}, "periodSeconds": 2, "failureThreshold": 3},
-        "resources": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}, "limits": {"memory": "2Gi"}},
         "securityContext": _CONTAINER_SECURITY,
         "volumeMounts": [
             {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
@@ -250,7 +250,9 @@ def client_job(names: JobNames, site: FederatedClient, owner: Owner, settings: S
         "imagePullPolicy": settings.runtime_image_pull_policy,
         "args": ["client", "--config", str(CONFIG_DIR / CLIENT_CONFIG)],
         "env": [{"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}],
-        "resources": site.spec.resources or {"requests": {"cpu": "250m", "memory": "512Mi"}},
+        # Modest requests by default: a site's pod mostly waits for the others; a site that
+        # trains a large model says so in its FederatedClient's spec.resources.
+        "resources": site.spec.resources or {"requests": {"cpu": "100m", "memory": "256Mi"}},
         "securityContext": _CONTAINER_SECURITY,
         "volumeMounts": [
             {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},

@@ -37,7 +37,7 @@ from fedsec.runtime import admin
 log = logging.getLogger("fedsec.operator")
 
 ACTIVE_INTERVAL = 3.0  # seconds between passes while a job runs
-IDLE_INTERVAL = 30.0  # after it finished: only a rollback or a deletion can change anything
+IDLE_INTERVAL = 10.0  # after it finished: only a rollback (a spec edit) or a deletion can change anything
 
 # What a FederatedClient's status says of one job (status.jobs[<namespace>/<name>].state).
 ADMITTED, REFUSED, TRAINING, DONE, FAILED_AT_SITE, DELETED = "Admitted", "Refused", "Training", "Finished", "Failed", "Deleted"
@@ -135,7 +135,8 @@ class JobReconciler:
         obs.rounds = job.spec.rounds
         obs.admitted, obs.quorum = [c.metadata.name for c in admitted], quorum
 
-        final_before = prior.get("phase") in st.FINAL and prior.get("observedGeneration") == gen
+        final_before = (prior.get("phase") in st.FINAL and prior.get("observedGeneration") == gen
+                        and prior.get("aggregatorStopped"))
         if final_before and not self._rollback_pending(job, prior):
             self._sync_sites(job, uid, admitted, obs.refused, fc_bodies, prior, prior.get("phase", ""))
             return IDLE_INTERVAL
@@ -147,7 +148,8 @@ class JobReconciler:
         if reopen:
             run += 1
             prior["clientRun"] = run
-            self.kube.patch_status("federatedjobs", name, ns, {"clientRun": run, "phase": st.RUNNING})
+            self.kube.patch_status("federatedjobs", name, ns, {"clientRun": run, "phase": st.RUNNING,
+                                                               "aggregatorStopped": False})
         digest = self._ensure_aggregator_config(job, names, owner, admitted, quorum, prior)
         for site in admitted:
             self._ensure_site(job, names, site, fc_bodies, cache, run, ca)
@@ -173,9 +175,12 @@ class JobReconciler:
         new = self._write(body, prior, obs)
         phase = new.get("phase", "")
         self._sync_sites(job, uid, admitted, obs.refused, fc_bodies, new, phase)
-        if phase in st.FINAL and obs.aggregator is not None and deployment is not None:
-            # The outcome is in status: stop the aggregator, keep its checkpoints for a rollback.
+        if phase in st.FINAL and obs.aggregator is not None and obs.aggregator.get("outcomeDelivered") \
+                and deployment is not None:
+            # The outcome is in status and every site has heard it (or stopped listening): stop
+            # the aggregator, keep its checkpoints for a rollback.
             self.kube.patch("apps/v1", "Deployment", names.aggregator, ns, {"spec": {"replicas": 0}})
+            self.kube.patch_status("federatedjobs", name, ns, {"aggregatorStopped": True})
             return IDLE_INTERVAL
         return ACTIVE_INTERVAL
 

@@ -61,6 +61,7 @@ def status_document(agg: Aggregator) -> dict[str, Any]:
         "rejectedMessages": dict(sorted(agg.history.rejected.items())),
         "lineage": lineage,
         "finished": state.status != eng.RUNNING,
+        "outcomeDelivered": agg.outcome_delivered,
     }
 
 

@@ -97,6 +97,7 @@ class Aggregator:
         self.events = events
         self.incarnation = incarnation
         self.key_epoch = KEY_EPOCH
+        self.outcome_delivered = False  # every live site was told the job's end, or the linger ran out
         self.signer = Signer(cfg.pki.id_key.read_bytes(), cfg.pki.id_cert.read_bytes())
         self.verifier = Verifier(cfg.pki.ca_cert.read_bytes())
         self.replay = ReplayGuard()
@@ -408,6 +409,7 @@ class Aggregator:
                 if self.engine.finished:
                     linger_until = linger_until or now + self.cfg.linger_seconds
                     if self._everyone_told() or now >= linger_until:
+                        self.outcome_delivered = True
                         break
                     self.cond.wait(linger_until - now)
                     continue

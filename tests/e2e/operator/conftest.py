@@ -17,6 +17,10 @@ from operator_install import (
 def operator_release(kubectl: Kubectl) -> Iterator[Release]:
     for c in CRD_NAMES:
         wait_until(f"CRD {c} to finish terminating", lambda c=c: crd_state(kubectl, c) != "terminating", 90)
+    # A previous session's namespace may still be terminating: wait for it to go, then make it anew.
+    wait_until(f"namespace {RELEASE_NAMESPACE} from an earlier session to be gone",
+               lambda: kubectl("get", "namespace", RELEASE_NAMESPACE, "-o", "jsonpath={.metadata.deletionTimestamp}",
+                               check=False).stdout.strip() == "", 120, 1.0)
     kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
     kubectl.run([
         "helm", "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
@@ -39,4 +43,4 @@ def operator_release(kubectl: Kubectl) -> Iterator[Release]:
     finally:
         kubectl.run(["helm", "uninstall", RELEASE, "-n", RELEASE_NAMESPACE, "--wait", "--timeout", "90s"],
                     check=False, timeout=120)
-        kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait=false", check=False)
+        kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait=true", "--timeout=90s", check=False, timeout=120)

@@ -137,10 +137,16 @@ def test_breast_cancer_example_applied_with_kubectl_succeeds_despite_a_killed_cl
     assert condition(s, "Reconciling")["status"] == "False" and condition(s, "Stalled")["status"] == "False"
     assert all(c["observedGeneration"] == 1 for c in s["conditions"]) and s["observedGeneration"] == 1
 
-    replaced = [p for p in client_pods(kubectl, uid) if p["metadata"]["namespace"] == victim_ns]
-    assert victim["metadata"]["name"] not in {p["metadata"]["name"] for p in replaced} and replaced, \
-        "the killed client's Job did not run a replacement pod"
-    assert any(p["status"].get("phase") == "Succeeded" for p in replaced)
+    def replacement_done() -> list[dict[str, Any]]:
+        pods = [p for p in client_pods(kubectl, uid) if p["metadata"]["namespace"] == victim_ns]
+        return pods if any(p["status"].get("phase") == "Succeeded" for p in pods) else []
+
+    replaced = wait_until("the killed client's replacement pod to finish", replacement_done, 120, 1.0)
+    assert victim["metadata"]["name"] not in {p["metadata"]["name"] for p in replaced}
+    for ns in site_nss.values():  # every site's Job completes: each was told the outcome
+        wait_until(f"the client Job in {ns} to complete", lambda ns=ns: all(
+            j.get("status", {}).get("succeeded") == 1
+            for j in kubectl.json("get", "jobs", "-n", ns, "-l", f"fedsec.io/job-uid={uid}")["items"]), 120, 1.0)
 
     # The children, their owners and their confinement.
     names = {"Deployment": "breast-cancer-aggregator", "Service": "breast-cancer-aggregator",
@@ -152,15 +158,16 @@ def test_breast_cancer_example_applied_with_kubectl_succeeds_despite_a_killed_cl
     sa = kubectl.json("get", "serviceaccount", "breast-cancer-runtime", "-n", job_ns)
     assert sa.get("automountServiceAccountToken") is False
     assert not kubectl.json("get", "rolebindings", "-n", job_ns)["items"], "the runtime's ServiceAccount must have no rights"
-    dep = kubectl.json("get", "deployment", "breast-cancer-aggregator", "-n", job_ns)
-    assert dep["spec"]["replicas"] == 0, "a finished job's aggregator is scaled down (its checkpoints stay)"
+    dep = wait_until("the finished job's aggregator to be scaled down (its checkpoints stay)", lambda: next(
+        (d for d in [kubectl.json("get", "deployment", "breast-cancer-aggregator", "-n", job_ns)]
+         if d["spec"]["replicas"] == 0), None), 60, 1.0)
     pod_spec = dep["spec"]["template"]["spec"]
     assert pod_spec["automountServiceAccountToken"] is False and pod_spec["securityContext"]["runAsNonRoot"] is True
     np = kubectl.json("get", "networkpolicy", "breast-cancer-aggregator", "-n", job_ns)["spec"]
     grpc_from = np["ingress"][0]["from"]
     assert {"fedsec.io/job-uid": uid, "fedsec.io/role": "client"}.items() <= grpc_from[0]["podSelector"]["matchLabels"].items()
     assert grpc_from[1]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "fedsec-operator"}
-    assert np["egress"] == [] and set(np["policyTypes"]) == {"Ingress", "Egress"}
+    assert not np.get("egress") and set(np["policyTypes"]) == {"Ingress", "Egress"}  # no egress rule: none allowed
     for site, ns in site_nss.items():
         jobs = kubectl.json("get", "jobs", "-n", ns, "-l", f"fedsec.io/job-uid={uid}")["items"]
         assert len(jobs) == 1 and owned_by(jobs[0], "FederatedClient", site)
