@@ -42,8 +42,22 @@ class BuiltinData(Spec):
 class FileData(Spec):
     """A CSV or Parquet file at the site; the job's ``task.target`` names the label column."""
 
-    path: str = Field(min_length=1, description="path of the file")
+    path: str = Field(min_length=1, description="path of the file (relative to claimName's volume when that is given)")
     format: Literal["csv", "parquet"] | None = Field(None, description="default: from the file suffix")
+    claim_name: str | None = Field(
+        None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="under the operator: a PersistentVolumeClaim in the site's namespace that holds the file; "
+        "it is mounted read-only into the site's client pods and `path` is relative to it "
+        "(`fedsec run` reads `path` on the local machine and ignores this)",
+    )
+
+    @model_validator(mode="after")
+    def _relative_in_claim(self) -> FileData:
+        if self.claim_name is not None:
+            parts = self.path.split("/")
+            if self.path.startswith("/") or ".." in parts:
+                raise ValueError(f"path {self.path!r} must be relative to the claim's volume, without '..'")
+        return self
 
 
 class DataSource(Spec):

@@ -27,6 +27,7 @@ CONFIG_DIR = PurePosixPath("/etc/fedsec/config")
 PKI_DIR = PurePosixPath("/etc/fedsec/pki")
 STATE_DIR = PurePosixPath("/var/lib/fedsec/state")
 LEDGER_DIR = PurePosixPath("/var/lib/fedsec/ledger")
+DATA_DIR = PurePosixPath("/var/lib/fedsec/data")
 AGGREGATOR_CONFIG = "aggregator.json"
 CLIENT_CONFIG = "client.json"
 CONFIG_HASH = "fedsec.io/config-hash"
@@ -94,10 +95,26 @@ def aggregator_address(names: JobNames, namespace: str, settings: Settings) -> s
     return f"{names.aggregator}.{namespace}.svc.{settings.cluster_domain}"
 
 
+def job_in_pod(job: FederatedJob) -> FederatedJob:
+    """The job as the aggregator's pod sees it: a holdout file on a claim is read where it is mounted."""
+    h = job.spec.evaluation.holdout
+    if h is None or h.file is None or h.file.claim_name is None:
+        return job
+    doc = job.model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["evaluation"]["holdout"]["file"].update(path=str(DATA_DIR / h.file.path))
+    del doc["spec"]["evaluation"]["holdout"]["file"]["claimName"]
+    return FederatedJob.model_validate(doc)
+
+
+def holdout_claim(job: FederatedJob) -> str | None:
+    h = job.spec.evaluation.holdout
+    return None if h is None or h.file is None else h.file.claim_name
+
+
 def aggregator_config(job: FederatedJob, job_uid: str, sites: list[str], quorum: int,
                       rollback_request: str | None = None) -> str:
     cfg = AggregatorConfig(
-        job=job, job_uid=job_uid, sites=sites, quorum=quorum, rollback_request=rollback_request,
+        job=job_in_pod(job), job_uid=job_uid, sites=sites, quorum=quorum, rollback_request=rollback_request,
         listen=f"0.0.0.0:{GRPC_PORT}", metrics_listen=f"0.0.0.0:{METRICS_PORT}",
         state_dir=Path(STATE_DIR),
         pki=_pki_paths(), serve_after_finish=True,
@@ -105,9 +122,20 @@ def aggregator_config(job: FederatedJob, job_uid: str, sites: list[str], quorum:
     return cfg.model_dump_json(by_alias=True, indent=1)
 
 
+def site_in_pod(site: FederatedClient) -> FederatedClient:
+    """The site as its pod sees it: a file on a claim is read where the claim is mounted."""
+    f = site.spec.data.file
+    if f is None or f.claim_name is None:
+        return site
+    doc = site.model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["data"]["file"].update(path=str(DATA_DIR / f.path))
+    del doc["spec"]["data"]["file"]["claimName"]  # mounted already: the pod reads a plain file
+    return FederatedClient.model_validate(doc)
+
+
 def client_config(job: FederatedJob, job_uid: str, site: FederatedClient, names: JobNames, settings: Settings) -> str:
     cfg = ClientConfig(
-        job=job, job_uid=job_uid, site=site,
+        job=job, job_uid=job_uid, site=site_in_pod(site),
         aggregator=f"{aggregator_address(names, job.metadata.namespace, settings)}:{GRPC_PORT}",
         server_name="aggregator", pki=_pki_paths(),
         ledger_dir=Path(LEDGER_DIR),
@@ -190,7 +218,7 @@ def network_policy(names: JobNames, namespace: str, owner: Owner, settings: Sett
 
 
 def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, settings: Settings, *,
-                          config_digest: str, replicas: int) -> dict[str, Any]:
+                          config_digest: str, replicas: int, holdout_claim: str | None = None) -> dict[str, Any]:
     labels = names.labels(ROLE_AGGREGATOR)
     container = {
         "name": "aggregator",
@@ -209,6 +237,15 @@ def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, setting
             _TMP[1],
         ],
     }
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": names.aggregator}},
+        _pki_volume(names.aggregator_secret),
+        {"name": "state", "persistentVolumeClaim": {"claimName": names.checkpoints}},
+        _TMP[0],
+    ]
+    if holdout_claim is not None:
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": holdout_claim, "readOnly": True}})
+        container["volumeMounts"].append({"name": "data", "mountPath": str(DATA_DIR), "readOnly": True})
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(names.aggregator, namespace, labels, owner),
@@ -225,12 +262,7 @@ def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, setting
                     "securityContext": {**_POD_SECURITY, "fsGroup": 65532},
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
-                    "volumes": [
-                        {"name": "config", "configMap": {"name": names.aggregator}},
-                        _pki_volume(names.aggregator_secret),
-                        {"name": "state", "persistentVolumeClaim": {"claimName": names.checkpoints}},
-                        _TMP[0],
-                    ],
+                    "volumes": volumes,
                 },
             },
         },
@@ -274,6 +306,10 @@ def client_job(names: JobNames, site: FederatedClient, owner: Owner, settings: S
             _TMP[0],
         ],
     }
+    f = site.spec.data.file
+    if f is not None and f.claim_name is not None:  # the site's data, read-only, in the site's pods only
+        pod_spec["volumes"].append({"name": "data", "persistentVolumeClaim": {"claimName": f.claim_name, "readOnly": True}})
+        container["volumeMounts"].append({"name": "data", "mountPath": str(DATA_DIR), "readOnly": True})
     if site.spec.node_selector:
         pod_spec["nodeSelector"] = dict(site.spec.node_selector)
     return {

@@ -86,7 +86,9 @@ class JobNames:
 
 def ledger_claim(site: str) -> str:
     """The site's privacy-ledger volume, owned by its FederatedClient: it outlives every job."""
-    return f"fedsec-ledger-{_short(site, 48)}"
+    if len(site) <= 48:
+        return f"fedsec-ledger-{site}"
+    return f"fedsec-ledger-{_short(site, 39)}-{_digest(site)}"  # two long names never share a ledger
 
 
 def job_key(namespace: str, name: str) -> str:

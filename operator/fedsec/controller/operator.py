@@ -63,6 +63,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: JobReconciler, kube: K
     @kopf.daemon(GROUP, VERSION, "federatedjobs", registry=registry, cancellation_timeout=30.0)
     def job_daemon(stopped: kopf.DaemonStopped, body: kopf.Body, **_: Any) -> None:
         JOBS.inc()
+        last_error = ""
         try:
             while not stopped:
                 if body.metadata.get("deletionTimestamp"):
@@ -76,9 +77,15 @@ def register(registry: kopf.OperatorRegistry, reconciler: JobReconciler, kube: K
                     log.warning("reconciling %s/%s: API error %s %s", body.metadata.namespace, body.metadata.name,
                                 exc.status, exc.reason)
                     delay = ERROR_BACKOFF_SECONDS
-                except Exception:
+                except Exception as exc:
                     RECONCILES.labels("error").inc()
                     log.exception("reconciling %s/%s failed; retrying", body.metadata.namespace, body.metadata.name)
+                    message = f"{type(exc).__name__}: {exc}"[:1000]
+                    if message != last_error:  # once per distinct failure, not every few seconds
+                        kube.event({"apiVersion": f"{GROUP}/{VERSION}", "kind": "FederatedJob",
+                                    "metadata": copy.deepcopy(dict(body.metadata))},
+                                   "Warning", "ReconcileError", f"{message}; retrying (operator log has the trace)")
+                        last_error = message
                     delay = ERROR_BACKOFF_SECONDS
                 stopped.wait(delay)
         finally:

@@ -145,6 +145,11 @@ class JobReconciler:
         self._ensure_job_children(job, names, owner, cache)
         run = int(prior.get("clientRun", 0))
         rollback_status, reopen = self._rollback(job, names, prior, obs)
+        refused_rollback = rollback_status is not None and rollback_status[0] != "RolledBack"
+        if refused_rollback and prior.get("phase") in st.FINAL and prior.get("aggregatorStopped"):
+            # The job stays as it ended; only the RolledBack condition says why nothing happened.
+            self._refuse_rollback(body, prior, rollback_status)
+            return IDLE_INTERVAL
         if reopen:
             run += 1
             prior["clientRun"] = run
@@ -157,13 +162,14 @@ class JobReconciler:
 
         deployment = self.kube.get("apps/v1", "Deployment", names.aggregator, ns)
         if deployment is None and obs.sites_ready >= quorum:
-            self.kube.ensure(ch.aggregator_deployment(names, ns, owner, self.settings, config_digest=digest, replicas=1))
+            self.kube.ensure(ch.aggregator_deployment(names, ns, owner, self.settings, config_digest=digest, replicas=1,
+                                                      holdout_claim=ch.holdout_claim(job)))
             self._event(body, "Normal", "AggregatorCreated", f"{obs.sites_ready} of {len(admitted)} clients ready; "
                         f"the quorum is {quorum}: starting the aggregator")
             deployment = self.kube.get("apps/v1", "Deployment", names.aggregator, ns)
         if deployment is not None:
             obs.aggregator_started = True
-            self._roll_aggregator(names, ns, deployment, digest, reopen or rollback_status is not None)
+            self._roll_aggregator(names, ns, deployment, digest, reopen or (rollback_status is not None and not refused_rollback))
             ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
             if ready:
                 obs.aggregator, obs.aggregator_error = self._admin_status(names, ns, cache)
@@ -284,7 +290,7 @@ class JobReconciler:
         ns = job.metadata.namespace
         files = {ch.AGGREGATOR_CONFIG: ch.aggregator_config(
             job, job.metadata.uid or "", [c.metadata.name for c in admitted], quorum,
-            rollback_request=self._rollback_request(job, prior) if job.spec.rollback else None)}
+            rollback_request=self._rollback_request(job, prior) if self._rollback_accepted(job, prior) else None)}
         digest = ch.config_hash(files)
         cm, created = self.kube.ensure(ch.config_map(names.aggregator, ns, names.labels("aggregator"), owner, files))
         if not created and (cm.get("data") or {}) != files:
@@ -354,6 +360,24 @@ class JobReconciler:
         seen = prior.get("rollbackSeen") or {}
         gen = seen.get("generation") if seen.get("toRound") == rb.to_round else job.metadata.generation
         return f"{gen}/{rb.to_round}"
+
+    @staticmethod
+    def _rollback_accepted(job: FederatedJob, prior: dict[str, Any]) -> bool:
+        """Only a request the operator checked against the kept checkpoints reaches the aggregator."""
+        rb = job.spec.rollback
+        return rb is not None and (prior.get("rollbackSeen") or {}).get("toRound") == rb.to_round
+
+    def _refuse_rollback(self, body: dict[str, Any], prior: dict[str, Any], why: tuple[str, str]) -> None:
+        gen = int(body["metadata"].get("generation") or 1)
+        before = {c["type"]: c for c in prior.get("conditions", []) if isinstance(c, dict) and "type" in c}
+        cond = st._cond(before, "RolledBack", False, why[0], why[1], gen, st.now_rfc3339())
+        old = before.get("RolledBack") or {}
+        if (old.get("reason"), old.get("message")) == (cond["reason"], cond["message"]):
+            return
+        conds = [c for c in prior.get("conditions", []) if c.get("type") != "RolledBack"] + [cond]
+        self.kube.patch_status("federatedjobs", body["metadata"]["name"], body["metadata"]["namespace"],
+                               {"conditions": conds})
+        self._event(body, "Warning", why[0], why[1])
 
     def _rollback_pending(self, job: FederatedJob, prior: dict[str, Any]) -> bool:
         rb = job.spec.rollback

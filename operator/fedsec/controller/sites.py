@@ -25,6 +25,7 @@ def site_status(body: dict[str, Any], *, now: str) -> dict[str, Any]:
     except ValidationError as exc:
         why = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
         return {"phase": INVALID, "observedGeneration": gen, "message": f"the spec is invalid: {why}",
+                "remainingBudget": None, "budget": None,
                 "conditions": [_cond(before, "Ready", False, "InvalidSpec", why, gen, now)]}
     ledger = {k: v for k, v in (prior.get("ledger") or {}).items() if isinstance(v, dict)}
     spent = sum(float(v.get("epsilon", 0.0)) for v in ledger.values())
@@ -53,9 +54,9 @@ def site_status(body: dict[str, Any], *, now: str) -> dict[str, Any]:
                   "no budget set" if budget is None else f"{remaining:g} of {budget:g} left", gen, now),
         ],
     }
-    if remaining is not None:
-        out["remainingBudget"] = remaining
-        out["budget"] = budget
+    # Written as a JSON merge patch: a field or map key that no longer applies is sent as null.
+    out["remainingBudget"], out["budget"] = remaining, budget
+    out["refused"] = {**{k: None for k in (prior.get("refused") or {}) if k not in refused}, **refused}
     return out
 
 
@@ -64,6 +65,10 @@ def changed(prior: dict[str, Any], new: dict[str, Any]) -> bool:
         if k == "conditions":
             strip = lambda cs: sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in cs)  # noqa: E731
             if strip(prior.get("conditions", [])) != strip(v):
+                return True
+        elif isinstance(v, dict) and isinstance(prior.get(k), dict):
+            if {a: b for a, b in v.items() if b is not None} != prior[k] or any(
+                    b is None and a in prior[k] for a, b in v.items()):
                 return True
         elif prior.get(k) != v:
             return True

@@ -35,7 +35,7 @@ from fedsec.protocol import engine as eng
 from fedsec.protocol.rejections import REASONS, Rejected
 from fedsec.protocol.replay import ReplayGuard
 from fedsec.runtime import admin, exitcodes
-from fedsec.runtime.checkpoints import Checkpoint, CheckpointStore
+from fedsec.runtime.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from fedsec.runtime.config import AggregatorConfig
 from fedsec.runtime.datasets import load_holdout
 from fedsec.runtime.report import write_plot, write_summary
@@ -179,7 +179,13 @@ class Aggregator:
         request = self.cfg.rollback_request or f"{self.job.metadata.generation or 0}/{rb.to_round}"
         if any(self.store.get(v).meta.get("rollback_request") == request for v in self.store.versions()):
             return None
-        cp = self.store.rollback(rb.to_round, "spec.rollback.toRound", {"rollback_request": request})
+        try:
+            cp = self.store.rollback(rb.to_round, "spec.rollback.toRound", {"rollback_request": request})
+        except CheckpointError as exc:
+            # Refused, not fatal: a crash loop would stop the job for a request it cannot honour.
+            log.error("rollback to round %d refused: %s", rb.to_round, exc)
+            self.audit.append("rollback-refused", sync=True, to_round=rb.to_round, reason=str(exc))
+            return None
         self.audit.append("rollback", sync=True, to_round=rb.to_round, new_version=cp.version,
                           replaced_version=latest.version, reason="spec.rollback.toRound")
         self.events.emit("rollback", to_round=rb.to_round, version=cp.version)

@@ -22,6 +22,9 @@ def operator_release(kubectl: Kubectl) -> Iterator[Release]:
                lambda: kubectl("get", "namespace", RELEASE_NAMESPACE, "-o", "jsonpath={.metadata.deletionTimestamp}",
                                check=False).stdout.strip() == "", 120, 1.0)
     kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
+    # Helm installs CRDs that are absent and never updates present ones (its documented design):
+    # apply this work tree's, so a session on a cluster with older CRDs tests the current schema.
+    kubectl("apply", "-f", str(CHART / "crds"))
     kubectl.run([
         "helm", "upgrade", "--install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
         "--set", f"image.repository={OPERATOR_IMAGE}", "--set", "image.tag=e2e",

@@ -271,3 +271,42 @@ def test_refused_sites_and_unplannable_jobs_say_why_in_both_statuses(
     obj = kubectl("get", "fj", "impossible", "-n", job_ns, "-o", "json").stdout
     out = subprocess.run([str(cluster.bindir / "kstatus")], input=obj, capture_output=True, text=True, check=True).stdout
     assert '"Failed"' in out, out
+
+
+def test_a_sites_own_file_on_its_volume_is_mounted_read_only_and_trained_on(
+        operator_release: Release, kubectl: Kubectl, namespaces: Namespaces) -> None:
+    from fedsec.training.data import builtin_site_data
+
+    study = f"files-{namespaces.tag}"
+    job_ns = namespaces.new("files-job")
+    for i in range(2):
+        ns = namespaces.new(f"files-site{i}")
+        kubectl.apply(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "site-data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}}), ns)
+        pv = wait_until(f"the site's data volume in {ns} to bind", lambda ns=ns: kubectl.json(
+            "get", "pvc", "site-data", "-n", ns).get("spec", {}).get("volumeName"), 60, 0.5)
+        host_dir = Path(kubectl.json("get", "pv", pv)["spec"]["hostPath"]["path"])
+        # The site's own rows (disjoint from the aggregator's builtin holdout), as a CSV on its volume.
+        t = builtin_site_data("breast-cancer", holdout_fraction=0.2, seed=42, scheme="iid", shards=2, shard=i, alpha=0.5)
+        header = ",".join([f"f{k}" for k in range(t.X.shape[1])] + ["diagnosis"])
+        rows = [",".join([*(f"{v:.6g}" for v in x), str(int(y))]) for x, y in zip(t.X, t.y)]
+        (host_dir / "rows.csv").write_text("\n".join([header, *rows]) + "\n")
+        kubectl.apply(yaml.safe_dump({
+            "apiVersion": "fedsec.io/v1alpha1", "kind": "FederatedClient",
+            "metadata": {"name": f"file-site-{i}", "labels": {"fedsec.io/study": study}},
+            "spec": {"data": {"file": {"path": "rows.csv", "claimName": "site-data"}}}}), ns)
+    j = copy.deepcopy(JOB)
+    j["metadata"] = {"name": "files"}
+    j["spec"]["task"]["target"] = "diagnosis"
+    j["spec"].update(rounds=2, clients={"selector": {"matchLabels": {"fedsec.io/study": study}}},
+                     quorum={"minClients": 2, "roundTimeoutSeconds": 30, "joinTimeoutSeconds": 120, "maxRetries": 3})
+    kubectl.apply(yaml.safe_dump(j), job_ns)
+    s = wait_phase(kubectl, job_ns, "files", ("Succeeded",), 300)
+    assert s["round"] == 2 and s["metrics"]["auc"] >= 0.9, s["metrics"]
+    uid = fj(kubectl, job_ns, "files")["metadata"]["uid"]
+    pod = client_pods(kubectl, uid)[0]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "data")
+    assert vol["persistentVolumeClaim"] == {"claimName": "site-data", "readOnly": True}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "data")
+    assert mount["readOnly"] is True

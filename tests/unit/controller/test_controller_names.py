@@ -116,9 +116,6 @@ def test_one_jobs_children_of_one_kind_do_not_collide() -> None:
         assert len(set(config_maps)) == len(config_maps), job
 
 
-@pytest.mark.xfail(strict=True, reason="defect: ledger_claim keeps only the first 48 characters of the site name "
-                   "and adds no digest, so two FederatedClients in one namespace whose names share those 48 "
-                   "characters share one ledger PVC (and its owner)")
 def test_two_long_sites_get_their_own_ledger_claim() -> None:
     assert ledger_claim("a" * 48 + "-one") != ledger_claim("a" * 48 + "-two")
 
