@@ -10,6 +10,7 @@ server and nothing from the host.
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -229,19 +230,19 @@ def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, setting
         "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}],
         "readinessProbe": {"tcpSocket": {"port": GRPC_PORT}, "periodSeconds": 2, "failureThreshold": 3},
         "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}, "limits": {"memory": "2Gi"}},
-        "securityContext": _CONTAINER_SECURITY,
+        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
         "volumeMounts": [
             {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
             {"name": "pki", "mountPath": str(PKI_DIR), "readOnly": True},
             {"name": "state", "mountPath": str(STATE_DIR)},
-            _TMP[1],
+            copy.deepcopy(_TMP[1]),
         ],
     }
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": names.aggregator}},
         _pki_volume(names.aggregator_secret),
         {"name": "state", "persistentVolumeClaim": {"claimName": names.checkpoints}},
-        _TMP[0],
+        copy.deepcopy(_TMP[0]),
     ]
     if holdout_claim is not None:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": holdout_claim, "readOnly": True}})
@@ -259,7 +260,7 @@ def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, setting
                     "serviceAccountName": names.service_account,
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {**_POD_SECURITY, "fsGroup": 65532},
+                    "securityContext": {**copy.deepcopy(_POD_SECURITY), "fsGroup": 65532},
                     "terminationGracePeriodSeconds": 30,
                     "containers": [container],
                     "volumes": volumes,
@@ -285,25 +286,25 @@ def client_job(names: JobNames, site: FederatedClient, owner: Owner, settings: S
         # Modest requests by default: a site's pod mostly waits for the others; a site that
         # trains a large model says so in its FederatedClient's spec.resources.
         "resources": site.spec.resources or {"requests": {"cpu": "100m", "memory": "256Mi"}},
-        "securityContext": _CONTAINER_SECURITY,
+        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
         "volumeMounts": [
             {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
             {"name": "pki", "mountPath": str(PKI_DIR), "readOnly": True},
             {"name": "ledger", "mountPath": str(LEDGER_DIR)},
-            _TMP[1],
+            copy.deepcopy(_TMP[1]),
         ],
     }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "securityContext": {**_POD_SECURITY, "fsGroup": 65532},
+        "securityContext": {**copy.deepcopy(_POD_SECURITY), "fsGroup": 65532},
         "containers": [container],
         "volumes": [
             {"name": "config", "configMap": {"name": name}},
             _pki_volume(names.site_secret(s)),
             {"name": "ledger", "persistentVolumeClaim": {"claimName": ledger_claim(s)}},
-            _TMP[0],
+            copy.deepcopy(_TMP[0]),
         ],
     }
     f = site.spec.data.file

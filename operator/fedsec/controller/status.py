@@ -99,10 +99,12 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
         conds.append(_cond(before, "QuorumMet", met, "QuorumMet" if met else "WaitingForClients",
                            f"{o.sites_ready} of {n} admitted clients ready; rounds start at {o.quorum}", g, now))
 
-    conds.append(_cond(before, "KeysReady", o.keys_ready if o.invalid is None else False,
-                       "KeysIssued" if o.keys_ready else "KeysPending",
-                       o.keys_message or (f"key epoch {agg.get('keyEpoch', 0)}" if o.keys_ready else "issuing the job's keys"),
-                       g, now))
+    if o.invalid is not None:
+        conds.append(_cond(before, "KeysReady", False, "NotIssued", "no keys are issued for a job that cannot run", g, now))
+    else:
+        conds.append(_cond(before, "KeysReady", o.keys_ready, "KeysIssued" if o.keys_ready else "KeysPending",
+                           o.keys_message or (f"key epoch {agg.get('keyEpoch', 0)}" if o.keys_ready
+                                              else "issuing the job's keys"), g, now))
 
     degraded_why = []
     if o.aggregator_error and phase not in FINAL:
@@ -176,6 +178,6 @@ def transitions(prior: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, s
             bad = (c["type"] == "Degraded" and c["status"] == "True") or (c["type"] != "Degraded" and c["status"] == "False"
                                                                           and c["type"] != "RolledBack")
             out.append(("Warning" if bad else "Normal", c["reason"], f"{c['type']}={c['status']}: {c['message']}"))
-    if prior.get("round") != new.get("round") and new.get("round"):
+    if int(new.get("round") or 0) > int(prior.get("round") or 0):  # a rollback lowers it: RolledBack says so
         out.append(("Normal", "RoundCommitted", f"round {new['round']} committed (model version {new.get('modelVersion')})"))
     return out

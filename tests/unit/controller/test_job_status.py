@@ -63,7 +63,7 @@ EXPECTED: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "failed": (st.FAILED, [("False", "JobFailed"), ("True", "QuorumMet"), ("True", "KeysIssued"),
                            ("False", "Healthy"), ("False", "NoRollback"), ("False", "Finished"),
                            ("True", "Failed")]),
-    "invalid": (st.FAILED, [("False", "InvalidSpec"), ("False", "InvalidSpec"), ("False", "KeysPending"),
+    "invalid": (st.FAILED, [("False", "InvalidSpec"), ("False", "InvalidSpec"), ("False", "NotIssued"),
                             ("False", "Healthy"), ("False", "NoRollback"), ("False", "Finished"),
                             ("True", "Failed")]),
 }
