@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,6 +38,7 @@ from fedsec.runtime import admin
 log = logging.getLogger("fedsec.operator")
 
 ACTIVE_INTERVAL = 3.0  # seconds between passes while a job runs
+STOP_GRACE_SECONDS = 300.0  # how long a finished job's aggregator waits for client pods still running
 IDLE_INTERVAL = 10.0  # after it finished: only a rollback (a spec edit) or a deletion can change anything
 
 # What a FederatedClient's status says of one job (status.jobs[<namespace>/<name>].state).
@@ -181,14 +183,25 @@ class JobReconciler:
         new = self._write(body, prior, obs)
         phase = new.get("phase", "")
         self._sync_sites(job, uid, admitted, obs.refused, fc_bodies, new, phase)
-        if phase in st.FINAL and obs.aggregator is not None and obs.aggregator.get("outcomeDelivered") \
-                and deployment is not None:
-            # The outcome is in status and every site has heard it (or stopped listening): stop
-            # the aggregator, keep its checkpoints for a rollback.
-            self.kube.patch("apps/v1", "Deployment", names.aggregator, ns, {"spec": {"replicas": 0}})
-            self.kube.patch_status("federatedjobs", name, ns, {"aggregatorStopped": True})
-            return IDLE_INTERVAL
+        if phase in st.FINAL and obs.aggregator is not None and deployment is not None:
+            finished_at = prior.get("finishedAt") or time.time()
+            if not prior.get("finishedAt"):
+                self.kube.patch_status("federatedjobs", name, ns, {"finishedAt": finished_at})
+                prior["finishedAt"] = finished_at
+            # Stop the aggregator (its checkpoints stay, for a rollback) once the outcome is in
+            # status and every client pod has heard it: a pod that a Job replaced late, still
+            # starting when the job ended, learns the outcome from the aggregator, not from a
+            # timeout. A pod that never asks does not hold it up for more than STOP_GRACE.
+            if obs.aggregator.get("outcomeDelivered") and (
+                    self._clients_done(uid) or time.time() - finished_at > STOP_GRACE_SECONDS):
+                self.kube.patch("apps/v1", "Deployment", names.aggregator, ns, {"spec": {"replicas": 0}})
+                self.kube.patch_status("federatedjobs", name, ns, {"aggregatorStopped": True})
+                return IDLE_INTERVAL
         return ACTIVE_INTERVAL
+
+    def _clients_done(self, uid: str) -> bool:
+        jobs = self.kube.list("batch/v1", "Job", label_selector=f"fedsec.io/job-uid={uid},fedsec.io/role={ROLE_CLIENT}")
+        return all(int((j.get("status") or {}).get("active") or 0) == 0 for j in jobs)
 
     # -- planning ------------------------------------------------------------------------------
 
