@@ -10,15 +10,13 @@ maps to the ``fedsec`` entrypoint of this work tree's virtualenv.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cluster_fixtures import Kubectl
+from fedsec_chart import CHART, docs  # noqa: F401  (re-exported for conftest.py)
 
-ROOT = Path(__file__).resolve().parents[3]
-CHART = ROOT / "charts" / "fedsec-operator"
 OPERATOR_IMAGE = "registry.fedsec.test/fedsec/fedsec-operator"
 RUNTIME_IMAGE = "registry.fedsec.test/fedsec/fedsec-runtime"
 RELEASE, RELEASE_NAMESPACE = "fedsec", "fedsec-system"
@@ -30,7 +28,7 @@ class Release:
     name: str
     namespace: str
     service_account: str
-    deployment: str
+    fullname: str  # the operator Deployment's name
     manifest: list[dict[str, Any]]
 
     @property
@@ -53,6 +51,3 @@ def operator_pod_ready(kubectl: Kubectl, namespace: str) -> bool:
         for p in pods
     )
 
-
-def docs(text: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(text) if d]

@@ -12,7 +12,6 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -21,32 +20,12 @@ import yaml
 from cluster_fixtures import Kubectl, wait_until
 from fedsec.api import crd
 from fedsec_chart import CHART, EXPECTED, docs, granted
+from operator_install import CRD_NAMES, Release, crd_state
 
 pytestmark = pytest.mark.cluster
 
-CRD_NAMES = ("federatedjobs.fedsec.io", "federatedclients.fedsec.io")
 OPERATOR_IMAGE = "registry.fedsec.test/fedsec/fedsec-operator:e2e"
 RUNTIME_IMAGE = "registry.fedsec.test/fedsec/fedsec-runtime:e2e"
-
-
-@dataclass(frozen=True)
-class Release:
-    name: str
-    namespace: str
-    service_account: str
-    fullname: str
-    manifest: list[dict[str, Any]]
-
-    @property
-    def sa_user(self) -> str:
-        return f"system:serviceaccount:{self.namespace}:{self.service_account}"
-
-
-def _crd_state(kubectl: Kubectl, name: str) -> str:
-    r = kubectl("get", "crd", name, "-o", "json", check=False)
-    if r.returncode != 0:
-        return "absent"
-    return "terminating" if yaml.safe_load(r.stdout)["metadata"].get("deletionTimestamp") else "present"
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +35,10 @@ def release(kubectl: Kubectl) -> Iterator[Release]:
     # Helm skips CRDs that exist, so one still terminating (deleted by hand or by an earlier session) would
     # vanish under the release: wait until it is gone, then install.
     for c in CRD_NAMES:
-        wait_until(f"CRD {c} to finish terminating", lambda c=c: _crd_state(kubectl, c) != "terminating", 90)
+        wait_until(f"CRD {c} to finish terminating", lambda c=c: crd_state(kubectl, c) != "terminating", 90)
     # Helm never updates CRDs that exist; CRDs left by an earlier run (the cluster may outlive many) are
     # brought up to date first, as docs/install.md tells users to do on an upgrade.
-    if any(_crd_state(kubectl, c) == "present" for c in CRD_NAMES):
+    if any(crd_state(kubectl, c) == "present" for c in CRD_NAMES):
         kubectl("apply", "-f", str(CHART / "crds"))
     kubectl("create", "namespace", ns)
     try:
