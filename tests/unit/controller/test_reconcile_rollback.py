@@ -7,7 +7,6 @@ import copy
 import json
 from typing import Any
 
-import pytest
 
 from fedsec.api.meta import API_VERSION
 from fedsec.controller import children as ch
