@@ -152,6 +152,28 @@ _CONTAINER_SECURITY = {
 _TMP = ({"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}, {"name": "tmp", "mountPath": "/tmp"})
 
 
+def _runtime_container(role: str, image: str, settings: Settings, config_file: str, *, env: dict[str, str],
+                       resources: dict[str, Any], writable: tuple[str, PurePosixPath]) -> dict[str, Any]:
+    """``fedsec aggregator|client --config …`` with its config and keys mounted read-only, one
+    writable volume, a scratch /tmp, and nothing else the image could need from the node."""
+    name, path = writable
+    return {
+        "name": role,
+        "image": image,
+        "imagePullPolicy": settings.runtime_image_pull_policy,
+        "args": [role, "--config", str(CONFIG_DIR / config_file)],
+        "env": [{"name": k, "value": v} for k, v in {**env, "MPLCONFIGDIR": "/tmp/matplotlib"}.items()],
+        "resources": resources,
+        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
+        "volumeMounts": [
+            {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
+            {"name": "pki", "mountPath": str(PKI_DIR), "readOnly": True},
+            {"name": name, "mountPath": str(path)},
+            copy.deepcopy(_TMP[1]),
+        ],
+    }
+
+
 def _pki_volume(secret_name: str) -> dict[str, Any]:
     return {"name": "pki", "secret": {"secretName": secret_name, "defaultMode": 0o440}}
 
@@ -221,23 +243,14 @@ def network_policy(names: JobNames, namespace: str, owner: Owner, settings: Sett
 def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, settings: Settings, *,
                           config_digest: str, replicas: int, holdout_claim: str | None = None) -> dict[str, Any]:
     labels = names.labels(ROLE_AGGREGATOR)
-    container = {
-        "name": "aggregator",
-        "image": settings.runtime_image,
-        "imagePullPolicy": settings.runtime_image_pull_policy,
-        "args": ["aggregator", "--config", str(CONFIG_DIR / AGGREGATOR_CONFIG)],
-        "ports": [{"name": "grpc", "containerPort": GRPC_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}],
-        "env": [{"name": "MALLOC_ARENA_MAX", "value": "2"}, {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}],
-        "readinessProbe": {"tcpSocket": {"port": GRPC_PORT}, "periodSeconds": 2, "failureThreshold": 3},
-        "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}, "limits": {"memory": "2Gi"}},
-        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
-        "volumeMounts": [
-            {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
-            {"name": "pki", "mountPath": str(PKI_DIR), "readOnly": True},
-            {"name": "state", "mountPath": str(STATE_DIR)},
-            copy.deepcopy(_TMP[1]),
-        ],
-    }
+    container = _runtime_container(
+        "aggregator", settings.runtime_image, settings, AGGREGATOR_CONFIG,
+        env={"MALLOC_ARENA_MAX": "2"},
+        resources={"requests": {"cpu": "100m", "memory": "384Mi"}, "limits": {"memory": "2Gi"}},
+        writable=("state", STATE_DIR),
+    )
+    container["ports"] = [{"name": "grpc", "containerPort": GRPC_PORT}, {"name": "metrics", "containerPort": METRICS_PORT}]
+    container["readinessProbe"] = {"tcpSocket": {"port": GRPC_PORT}, "periodSeconds": 2, "failureThreshold": 3}
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": names.aggregator}},
         _pki_volume(names.aggregator_secret),
@@ -277,23 +290,13 @@ def client_job(names: JobNames, site: FederatedClient, owner: Owner, settings: S
     s = site.metadata.name
     name = names.site(s)
     labels = names.labels(ROLE_CLIENT, s)
-    container: dict[str, Any] = {
-        "name": "client",
-        "image": site.spec.image or settings.runtime_image,
-        "imagePullPolicy": settings.runtime_image_pull_policy,
-        "args": ["client", "--config", str(CONFIG_DIR / CLIENT_CONFIG)],
-        "env": [{"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"}],
+    container = _runtime_container(
+        "client", site.spec.image or settings.runtime_image, settings, CLIENT_CONFIG, env={},
         # Modest requests by default: a site's pod mostly waits for the others; a site that
         # trains a large model says so in its FederatedClient's spec.resources.
-        "resources": site.spec.resources or {"requests": {"cpu": "100m", "memory": "256Mi"}},
-        "securityContext": copy.deepcopy(_CONTAINER_SECURITY),
-        "volumeMounts": [
-            {"name": "config", "mountPath": str(CONFIG_DIR), "readOnly": True},
-            {"name": "pki", "mountPath": str(PKI_DIR), "readOnly": True},
-            {"name": "ledger", "mountPath": str(LEDGER_DIR)},
-            copy.deepcopy(_TMP[1]),
-        ],
-    }
+        resources=site.spec.resources or {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        writable=("ledger", LEDGER_DIR),
+    )
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,

@@ -30,6 +30,8 @@ from fedsec.api.plan import plan_job, select_clients
 from fedsec.controller import children as ch
 from fedsec.controller import status as st
 from fedsec.controller.kube import Kube
+from fedsec.controller.parse import describe, parse_client, parse_job
+from fedsec.controller.sites import JOB_ADMITTED, JOB_DELETED, JOB_DONE, JOB_FAILED, JOB_REFUSED, JOB_TRAINING
 from fedsec.controller.names import GRPC_PORT, ROLE_CLIENT, JobNames, job_key
 from fedsec.crypto import pki
 from fedsec.privacy.admission import planned_epsilon
@@ -41,42 +43,10 @@ ACTIVE_INTERVAL = 3.0  # seconds between passes while a job runs
 STOP_GRACE_SECONDS = 300.0  # how long a finished job's aggregator waits for client pods still running
 IDLE_INTERVAL = 10.0  # after it finished: only a rollback (a spec edit) or a deletion can change anything
 
-# What a FederatedClient's status says of one job (status.jobs[<namespace>/<name>].state).
-ADMITTED, REFUSED, TRAINING, DONE, FAILED_AT_SITE, DELETED = "Admitted", "Refused", "Training", "Finished", "Failed", "Deleted"
 
 
 def _decode(secret: dict[str, Any], key: str) -> bytes:
     return base64.b64decode(secret["data"][key])
-
-
-def _fmt_validation(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors()[:5]:
-        loc = ".".join(str(x) for x in e["loc"])
-        parts.append(f"{loc}: {e['msg']}")
-    return "; ".join(parts)
-
-
-def parse_job(body: dict[str, Any]) -> FederatedJob:
-    """The job as the runtime sees it. Only identity, labels and spec: annotations (kubectl's
-    last-applied copy, GitOps bookkeeping) must not restart the aggregator when they change."""
-    m = body["metadata"]
-    return FederatedJob.model_validate({
-        "apiVersion": body.get("apiVersion", API_VERSION), "kind": "FederatedJob",
-        "metadata": {"name": m["name"], "namespace": m["namespace"], "uid": m["uid"],
-                     "generation": m.get("generation"), "labels": m.get("labels") or {}},
-        "spec": body.get("spec") or {},
-    })
-
-
-def parse_client(body: dict[str, Any]) -> FederatedClient:
-    m = body["metadata"]
-    return FederatedClient.model_validate({
-        "apiVersion": body.get("apiVersion", API_VERSION), "kind": "FederatedClient",
-        "metadata": {"name": m["name"], "namespace": m.get("namespace", "default"), "uid": m.get("uid"),
-                     "labels": m.get("labels") or {}},
-        "spec": body.get("spec") or {},
-    })
 
 
 def ledger_spent(fc_body: dict[str, Any], *, excluding: str) -> float:
@@ -98,6 +68,7 @@ class _Cache:
 
     ensured: set[tuple[str, str, str]] = field(default_factory=set)
     operator_pki: tuple[bytes, bytes, bytes] | None = None
+    aggregator_ip: str | None = None  # a Service's cluster IP never changes
 
 
 class JobReconciler:
@@ -123,7 +94,7 @@ class JobReconciler:
         try:
             job = parse_job(body)
         except ValidationError as exc:
-            obs.invalid = f"the spec is invalid: {_fmt_validation(exc)}"
+            obs.invalid = f"the spec is invalid: {describe(exc)}"
             self._write(body, prior, obs)
             return IDLE_INTERVAL
 
@@ -211,7 +182,7 @@ class JobReconciler:
             try:
                 out.append(parse_client(b))
             except ValidationError as exc:  # its own status says so (the FederatedClient timer)
-                log.info("FederatedClient %s/%s is invalid and joins no job: %s", ns, name, _fmt_validation(exc))
+                log.info("FederatedClient %s/%s is invalid and joins no job: %s", ns, name, describe(exc))
         return out
 
     def _plan(self, body: dict[str, Any], job: FederatedJob, prior: dict[str, Any], clients: list[FederatedClient],
@@ -350,8 +321,10 @@ class JobReconciler:
             if sec is None:
                 return None, "the operator's admin certificate is missing"
             cache.operator_pki = (_decode(sec, "ca.crt"), _decode(sec, "tls.crt"), _decode(sec, "tls.key"))
-        svc = self.kube.get("v1", "Service", names.aggregator, ns)
-        ip = (svc or {}).get("spec", {}).get("clusterIP")
+        if cache.aggregator_ip is None:
+            svc = self.kube.get("v1", "Service", names.aggregator, ns)
+            cache.aggregator_ip = (svc or {}).get("spec", {}).get("clusterIP") or None
+        ip = cache.aggregator_ip
         if not ip:
             return None, "its Service has no cluster IP yet"
         ca_pem, cert_pem, key_pem = cache.operator_pki
@@ -382,8 +355,8 @@ class JobReconciler:
 
     def _refuse_rollback(self, body: dict[str, Any], prior: dict[str, Any], why: tuple[str, str]) -> None:
         gen = int(body["metadata"].get("generation") or 1)
-        before = {c["type"]: c for c in prior.get("conditions", []) if isinstance(c, dict) and "type" in c}
-        cond = st._cond(before, "RolledBack", False, why[0], why[1], gen, st.now_rfc3339())
+        before = st.by_type(prior.get("conditions", []))
+        cond = st.condition(before, "RolledBack", False, why[0], why[1], gen, st.now_rfc3339())
         old = before.get("RolledBack") or {}
         if (old.get("reason"), old.get("message")) == (cond["reason"], cond["message"]):
             return
@@ -424,7 +397,7 @@ class JobReconciler:
             new["checkpointRounds"] = obs.aggregator.get("checkpointRounds", [])
         comparable = {k: v for k, v in new.items() if k != "conditions"}
         old = {k: prior.get(k) for k in comparable}
-        if comparable != old or _conds_differ(prior.get("conditions", []), new["conditions"]):
+        if comparable != old or st.conditions_differ(prior.get("conditions", []), new["conditions"]):
             self.kube.patch_status("federatedjobs", meta["name"], meta["namespace"], new)
             for type_, reason, message in st.transitions(prior, new):
                 self._event(body, type_, reason, message)
@@ -449,9 +422,9 @@ class JobReconciler:
                 continue
             fst = fc.get("status") or {}
             if s in refused:
-                row = {"uid": uid, "state": REFUSED, "reason": refused[s]}
+                row = {"uid": uid, "state": JOB_REFUSED, "reason": refused[s]}
             else:
-                state = {st.SUCCEEDED: DONE, st.FAILED: FAILED_AT_SITE, st.RUNNING: TRAINING}.get(phase, ADMITTED)
+                state = {st.SUCCEEDED: JOB_DONE, st.FAILED: JOB_FAILED, st.RUNNING: JOB_TRAINING}.get(phase, JOB_ADMITTED)
                 row = {"uid": uid, "state": state, "reason": ""}
             patch: dict[str, Any] = {}
             if (fst.get("jobs") or {}).get(key) != row:
@@ -481,12 +454,8 @@ class JobReconciler:
             self.kube.delete("v1", "ConfigMap", names.site(s), sns)
             self.kube.delete("v1", "Secret", names.site_secret(s), sns)
             try:
-                self.kube.patch_status("federatedclients", s, sns, {"jobs": {key: {"uid": uid, "state": DELETED, "reason": ""}}})
+                self.kube.patch_status("federatedclients", s, sns, {"jobs": {key: {"uid": uid, "state": JOB_DELETED, "reason": ""}}})
             except Exception as exc:  # the site may be gone too
                 log.info("could not mark %s deleted at %s: %s", key, site_key, exc)
         self._cache.pop(uid, None)
 
-
-def _conds_differ(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
-    strip = lambda cs: sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message"), c.get("observedGeneration")) for c in cs)  # noqa: E731
-    return strip(a) != strip(b)

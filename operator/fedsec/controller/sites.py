@@ -10,30 +10,33 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from fedsec.controller.parse import describe, parse_client
+from fedsec.controller.status import by_type, condition, conditions_differ
+
 PENDING, READY, TRAINING, EXHAUSTED, INVALID = "Pending", "Ready", "Training", "BudgetExhausted", "Invalid"
+# What a site's status says of one job (status.jobs[<namespace>/<name>].state); the jobs write these.
+JOB_ADMITTED, JOB_REFUSED, JOB_TRAINING, JOB_DONE, JOB_FAILED, JOB_DELETED = (
+    "Admitted", "Refused", "Training", "Finished", "Failed", "Deleted")
 
 
 def site_status(body: dict[str, Any], *, now: str) -> dict[str, Any]:
-    from fedsec.controller.reconcile import parse_client
-    from fedsec.controller.status import _cond
-
     prior = body.get("status") or {}
     gen = int(body["metadata"].get("generation") or 1)
-    before = {c["type"]: c for c in prior.get("conditions", []) if isinstance(c, dict) and "type" in c}
+    before = by_type(prior.get("conditions", []))
     try:
         site = parse_client(body)
     except ValidationError as exc:
-        why = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()[:5])
+        why = describe(exc)
         return {"phase": INVALID, "observedGeneration": gen, "message": f"the spec is invalid: {why}",
                 "remainingBudget": None, "budget": None,
-                "conditions": [_cond(before, "Ready", False, "InvalidSpec", why, gen, now)]}
+                "conditions": [condition(before, "Ready", False, "InvalidSpec", why, gen, now)]}
     ledger = {k: v for k, v in (prior.get("ledger") or {}).items() if isinstance(v, dict)}
     spent = sum(float(v.get("epsilon", 0.0)) for v in ledger.values())
     budget = site.spec.privacy.budget
     remaining = None if budget is None else round(max(0.0, budget - spent), 6)
     jobs = {k: v for k, v in (prior.get("jobs") or {}).items() if isinstance(v, dict)}
-    training = sorted(k for k, v in jobs.items() if v.get("state") in ("Admitted", "Training"))
-    refused = {k: v.get("reason", "") for k, v in jobs.items() if v.get("state") == "Refused"}
+    training = sorted(k for k, v in jobs.items() if v.get("state") in (JOB_ADMITTED, JOB_TRAINING))
+    refused = {k: v.get("reason", "") for k, v in jobs.items() if v.get("state") == JOB_REFUSED}
     if remaining is not None and remaining <= 0:
         phase, message = EXHAUSTED, f"the privacy budget of {budget:g} is spent; no private job runs here any more"
     elif training:
@@ -48,8 +51,8 @@ def site_status(body: dict[str, Any], *, now: str) -> dict[str, Any]:
         "joined": training,
         "refused": refused,
         "conditions": [
-            _cond(before, "Ready", phase != EXHAUSTED, phase, message, gen, now),
-            _cond(before, "BudgetAvailable", remaining is None or remaining > 0,
+            condition(before, "Ready", phase != EXHAUSTED, phase, message, gen, now),
+            condition(before, "BudgetAvailable", remaining is None or remaining > 0,
                   "NoBudget" if budget is None else ("Available" if remaining and remaining > 0 else "Exhausted"),
                   "no budget set" if budget is None else f"{remaining:g} of {budget:g} left", gen, now),
         ],
@@ -63,12 +66,10 @@ def site_status(body: dict[str, Any], *, now: str) -> dict[str, Any]:
 def changed(prior: dict[str, Any], new: dict[str, Any]) -> bool:
     for k, v in new.items():
         if k == "conditions":
-            strip = lambda cs: sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in cs)  # noqa: E731
-            if strip(prior.get("conditions", [])) != strip(v):
+            if conditions_differ(prior.get("conditions", []), v):
                 return True
         elif isinstance(v, dict) and isinstance(prior.get(k), dict):
-            if {a: b for a, b in v.items() if b is not None} != prior[k] or any(
-                    b is None and a in prior[k] for a, b in v.items()):
+            if {a: b for a, b in v.items() if b is not None} != prior[k]:  # null deletes under merge patch
                 return True
         elif prior.get(k) != v:
             return True

@@ -42,13 +42,25 @@ class Observation:
     scaled_down: bool = False
 
 
-def _cond(prior: dict[str, dict[str, Any]], ctype: str, status: bool | None, reason: str, message: str,
+def condition(prior: dict[str, dict[str, Any]], ctype: str, status: bool | None, reason: str, message: str,
           generation: int, now: str) -> dict[str, Any]:
     value = "Unknown" if status is None else ("True" if status else "False")
     old = prior.get(ctype)
     since = old["lastTransitionTime"] if old and old.get("status") == value and old.get("lastTransitionTime") else now
     return {"type": ctype, "status": value, "reason": reason, "message": message[:32768],
             "lastTransitionTime": since, "observedGeneration": generation}
+
+
+def by_type(conditions: list[Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in conditions if isinstance(c, dict) and "type" in c}
+
+
+def conditions_differ(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Whether a status write would change a condition (a timestamp alone does not count)."""
+    def key(cs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message"), c.get("observedGeneration"))
+                      for c in cs)
+    return key(a) != key(b)
 
 
 def phase_of(o: Observation) -> str:
@@ -69,7 +81,7 @@ def phase_of(o: Observation) -> str:
 def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None) -> dict[str, Any]:
     """The whole ``status`` the operator writes for one job (it owns every field of it)."""
     now = now or now_rfc3339()
-    before = {c["type"]: c for c in prior.get("conditions", []) if isinstance(c, dict) and "type" in c}
+    before = by_type(prior.get("conditions", []))
     phase = phase_of(o)
     agg = o.aggregator or {}
     g = o.generation
@@ -77,32 +89,32 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
     conds: list[dict[str, Any]] = []
 
     if o.invalid is not None:
-        conds.append(_cond(before, "Ready", False, "InvalidSpec", o.invalid, g, now))
+        conds.append(condition(before, "Ready", False, "InvalidSpec", o.invalid, g, now))
     elif phase == SUCCEEDED:
-        conds.append(_cond(before, "Ready", True, "TrainingComplete", agg.get("reason", "trained"), g, now))
+        conds.append(condition(before, "Ready", True, "TrainingComplete", agg.get("reason", "trained"), g, now))
     elif phase == FAILED:
-        conds.append(_cond(before, "Ready", False, "JobFailed", agg.get("reason", "the job failed"), g, now))
+        conds.append(condition(before, "Ready", False, "JobFailed", agg.get("reason", "the job failed"), g, now))
     else:
-        conds.append(_cond(before, "Ready", False, "Training" if phase == RUNNING else phase,
+        conds.append(condition(before, "Ready", False, "Training" if phase == RUNNING else phase,
                            f"round {agg.get('round', prior.get('round', 0))} of {o.rounds}" if phase == RUNNING
                            else "waiting for keys and clients", g, now))
 
     if o.invalid is not None:
-        conds.append(_cond(before, "QuorumMet", False, "InvalidSpec", "the job cannot be planned", g, now))
+        conds.append(condition(before, "QuorumMet", False, "InvalidSpec", "the job cannot be planned", g, now))
     elif agg:
         live = sum(1 for v in agg.get("sites", {}).values() if v == "live")
         met = live >= o.quorum or bool(agg.get("finished"))
-        conds.append(_cond(before, "QuorumMet", met, "QuorumMet" if met else "QuorumNotMet",
+        conds.append(condition(before, "QuorumMet", met, "QuorumMet" if met else "QuorumNotMet",
                            f"{live} of {n} admitted clients connected; a round needs {o.quorum}", g, now))
     else:
         met = o.sites_ready >= o.quorum > 0
-        conds.append(_cond(before, "QuorumMet", met, "QuorumMet" if met else "WaitingForClients",
+        conds.append(condition(before, "QuorumMet", met, "QuorumMet" if met else "WaitingForClients",
                            f"{o.sites_ready} of {n} admitted clients ready; rounds start at {o.quorum}", g, now))
 
     if o.invalid is not None:
-        conds.append(_cond(before, "KeysReady", False, "NotIssued", "no keys are issued for a job that cannot run", g, now))
+        conds.append(condition(before, "KeysReady", False, "NotIssued", "no keys are issued for a job that cannot run", g, now))
     else:
-        conds.append(_cond(before, "KeysReady", o.keys_ready, "KeysIssued" if o.keys_ready else "KeysPending",
+        conds.append(condition(before, "KeysReady", o.keys_ready, "KeysIssued" if o.keys_ready else "KeysPending",
                            o.keys_message or (f"key epoch {agg.get('keyEpoch', 0)}" if o.keys_ready
                                               else "issuing the job's keys"), g, now))
 
@@ -114,24 +126,24 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
         degraded_why.append(f"dropped clients: {', '.join(dropped)}")
     if o.refused:
         degraded_why.append(f"{len(o.refused)} selected site(s) refused")
-    conds.append(_cond(before, "Degraded", bool(degraded_why), "Degraded" if degraded_why else "Healthy",
+    conds.append(condition(before, "Degraded", bool(degraded_why), "Degraded" if degraded_why else "Healthy",
                        "; ".join(degraded_why) or "all admitted clients healthy", g, now))
 
     lineage = agg.get("lineage") or prior.get("lineage") or []
     if o.rollback is not None:
         reason, message = o.rollback
-        conds.append(_cond(before, "RolledBack", reason == "RolledBack", reason, message, g, now))
+        conds.append(condition(before, "RolledBack", reason == "RolledBack", reason, message, g, now))
     elif lineage:
         last = lineage[-1]
-        conds.append(_cond(before, "RolledBack", True, "RolledBack",
+        conds.append(condition(before, "RolledBack", True, "RolledBack",
                            f"rolled back to round {last['round']} (model version {last['version']})", g, now))
     else:
-        conds.append(_cond(before, "RolledBack", False, "NoRollback", "the model's lineage has no rollback", g, now))
+        conds.append(condition(before, "RolledBack", False, "NoRollback", "the model's lineage has no rollback", g, now))
 
-    conds.append(_cond(before, "Reconciling", phase not in FINAL, "Progressing" if phase not in FINAL else "Finished",
+    conds.append(condition(before, "Reconciling", phase not in FINAL, "Progressing" if phase not in FINAL else "Finished",
                        f"phase {phase}", g, now))
     stalled = phase == FAILED
-    conds.append(_cond(before, "Stalled", stalled, "Failed" if stalled else "NotStalled",
+    conds.append(condition(before, "Stalled", stalled, "Failed" if stalled else "NotStalled",
                        (o.invalid or agg.get("reason", "")) if stalled else "", g, now))
 
     metrics = {k: round(float(v), 6) for k, v in (agg.get("metrics") or prior.get("metrics") or {}).items()
@@ -169,7 +181,7 @@ def transitions(prior: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, s
     if prior.get("phase") != new.get("phase"):
         kind = "Warning" if new.get("phase") == FAILED else "Normal"
         out.append((kind, f"Phase{new.get('phase')}", f"phase {prior.get('phase', 'none')} -> {new.get('phase')}: {new.get('message', '')}"))
-    before = {c["type"]: c for c in prior.get("conditions", []) if isinstance(c, dict)}
+    before = by_type(prior.get("conditions", []))
     for c in new.get("conditions", []):
         if c["type"] in ("Reconciling", "Stalled", "Ready"):
             continue  # the phase event says it

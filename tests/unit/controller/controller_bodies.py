@@ -11,7 +11,7 @@ import yaml
 
 from fedsec.api.client import FederatedClient
 from fedsec.api.job import FederatedJob
-from fedsec.controller.reconcile import parse_client, parse_job
+from fedsec.controller.parse import parse_client, parse_job
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "breast-cancer"

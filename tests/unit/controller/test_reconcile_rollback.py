@@ -11,7 +11,8 @@ from typing import Any
 from fedsec.api.meta import API_VERSION
 from fedsec.controller import children as ch
 from fedsec.controller.names import JobNames
-from fedsec.controller.reconcile import JobReconciler, parse_job
+from fedsec.controller.parse import parse_job
+from fedsec.controller.reconcile import JobReconciler
 
 from controller_bodies import JOB_UID, client_body, job_body
 

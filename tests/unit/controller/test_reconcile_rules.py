@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from fedsec.controller import children as ch
-from fedsec.controller.reconcile import JobReconciler, ledger_spent, parse_job
+from fedsec.controller.parse import parse_job
+from fedsec.controller.reconcile import JobReconciler, ledger_spent
 
 from controller_bodies import JOB_UID, job, job_body
 
