@@ -106,7 +106,7 @@ class JobReconciler:
             return IDLE_INTERVAL
         admitted, quorum = plan
         obs.rounds = job.spec.rounds
-        obs.admitted, obs.quorum = [c.metadata.name for c in admitted], quorum
+        obs.quorum = quorum  # (obs.admitted: every admitted site's name, set by _plan)
 
         final_before = (prior.get("phase") in st.FINAL and prior.get("observedGeneration") == gen
                         and prior.get("aggregatorStopped"))
@@ -128,7 +128,7 @@ class JobReconciler:
             prior["clientRun"] = run
             self.kube.patch_status("federatedjobs", name, ns, {"clientRun": run, "phase": st.RUNNING,
                                                                "aggregatorStopped": False})
-        digest = self._ensure_aggregator_config(job, names, owner, admitted, quorum, prior)
+        digest = self._ensure_aggregator_config(job, names, owner, obs.admitted, quorum, prior)
         for site in admitted:
             self._ensure_site(job, names, site, fc_bodies, cache, run, ca)
         obs.sites_ready = self._sites_ready(uid)
@@ -171,8 +171,11 @@ class JobReconciler:
         return ACTIVE_INTERVAL
 
     def _clients_done(self, uid: str) -> bool:
+        """Every client Job Complete or Failed. Not "no active pod": between a killed pod and its
+        replacement a Job has none, yet its site has still to hear the outcome."""
         jobs = self.kube.list("batch/v1", "Job", label_selector=f"fedsec.io/job-uid={uid},fedsec.io/role={ROLE_CLIENT}")
-        return all(int((j.get("status") or {}).get("active") or 0) == 0 for j in jobs)
+        return all(any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                       for c in (j.get("status") or {}).get("conditions") or []) for j in jobs)
 
     # -- planning ------------------------------------------------------------------------------
 
@@ -194,6 +197,7 @@ class JobReconciler:
             # since is simply absent; the aggregator counts it as dropped).
             by_key = {f"{c.metadata.namespace}/{c.metadata.name}": c for c in clients}
             admitted = [by_key[k] for k in recorded.get("admitted", []) if k in by_key]
+            obs.admitted = [k.partition("/")[2] for k in recorded.get("admitted", [])]
             obs.refused = dict(recorded.get("refused", {}))
             return admitted, int(recorded["quorum"])
         spent = {}
@@ -214,6 +218,7 @@ class JobReconciler:
         prior["plan"] = record
         self._event(body, "Normal", "Planned", f"admitted {len(plan.admitted)} site(s), refused {len(plan.refused)}; "
                     f"a round needs {plan.quorum}" + "".join(f"; {n} refused: {r}" for n, r in sorted(plan.refused.items())))
+        obs.admitted = list(plan.site_names)
         return list(plan.admitted), plan.quorum
 
     # -- keys ----------------------------------------------------------------------------------
@@ -270,10 +275,10 @@ class JobReconciler:
         self._ensure_once(cache, ch.network_policy(names, ns, owner, self.settings))
 
     def _ensure_aggregator_config(self, job: FederatedJob, names: JobNames, owner: ch.Owner,
-                                  admitted: list[FederatedClient], quorum: int, prior: dict[str, Any]) -> str:
+                                  sites: list[str], quorum: int, prior: dict[str, Any]) -> str:
         ns = job.metadata.namespace
         files = {ch.AGGREGATOR_CONFIG: ch.aggregator_config(
-            job, job.metadata.uid or "", [c.metadata.name for c in admitted], quorum,
+            job, job.metadata.uid or "", sites, quorum,
             rollback_request=self._rollback_request(job, prior) if self._rollback_accepted(job, prior) else None)}
         digest = ch.config_hash(files)
         cm, created = self.kube.ensure(ch.config_map(names.aggregator, ns, names.labels("aggregator"), owner, files))
