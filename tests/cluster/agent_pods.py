@@ -6,6 +6,10 @@ to a directory, and each container runs as
 where launch.sh sets the hostname, bind-mounts the volumes at their mount paths
 (the mounts are private to that process tree) and execs the container's command.
 Images are not pulled or unpacked: `command` must name a program on this machine.
+
+Secret, configMap, downwardAPI and projected volumes are written as kubelet's AtomicWriter
+writes them (pkg/volume/util/atomic_writer.go) and refreshed while the pod runs, so a process
+sees a patched Secret's new keys in its mounted directory; subPath mounts keep their start content.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,7 +46,11 @@ SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
 # The agent's own interpreter directory (the project's .venv/bin) comes first, so a pod's
 # `command: [fedsec, ...]` or `[python, ...]` runs the project as installed in the work tree.
 DEFAULT_PATH = f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# kubelet resyncs these volumes about once a minute; tests should not wait that long.
+VOLUME_REFRESH_SECONDS = 2.0
 
+# A volume's files: path relative to the volume -> (content, file mode).
+Payload = dict[str, tuple[bytes, int]]
 
 
 def _mount_order(mounts: list[dict[str, Any]], state_dir: str) -> list[dict[str, Any]]:
@@ -53,6 +62,52 @@ def _mount_order(mounts: list[dict[str, Any]], state_dir: str) -> list[dict[str,
         return (state_dir.rstrip("/") + "/").startswith(dst)
 
     return sorted(mounts, key=lambda m: (covers_state(m), m["mountPath"].rstrip("/").count("/")))
+
+
+DATA_DIR = "..data"
+DATA_TMP = "..data_tmp"
+
+
+def atomic_write(d: Path, payload: Payload) -> None:
+    """Projects payload into the existing directory d as kubelet's AtomicWriter does.
+
+    The files live in a hidden timestamped directory; `..data` links to it and each top-level
+    name links through `..data`. An update is one rename(2) of `..data`, so every file read through
+    it is from the old set or from the new one, never a mix (a top-level name added or removed
+    appears or goes just after). d itself is never replaced: it is bind-mounted into running pods,
+    which would keep seeing the old inode."""
+    data_link = d / DATA_DIR
+    old_ts = os.readlink(data_link) if data_link.is_symlink() else None
+    old_top = set(os.listdir(d / old_ts)) if old_ts and (d / old_ts).is_dir() else set()
+    stamp = time.strftime("..%Y_%m_%d_%H_%M_%S.", time.gmtime())
+    ts = Path(tempfile.mkdtemp(prefix=stamp, dir=d))
+    try:
+        ts.chmod(0o755)  # mkdtemp makes it 0700: a pod running as another user could not reach its files
+        _write_payload(ts, payload)
+        tmp = d / DATA_TMP
+        tmp.unlink(missing_ok=True)  # left by an interrupted update
+        tmp.symlink_to(ts.name)
+        tmp.replace(data_link)
+    except BaseException:
+        shutil.rmtree(ts, ignore_errors=True)
+        raise
+    new_top = {rel.split("/", 1)[0] for rel in payload}
+    for name in sorted(new_top):
+        if not (d / name).is_symlink():
+            (d / name).symlink_to(f"{DATA_DIR}/{name}")
+    for name in old_top - new_top:
+        (d / name).unlink(missing_ok=True)
+    if old_ts and old_ts != ts.name:
+        shutil.rmtree(d / old_ts, ignore_errors=True)
+
+
+def _write_payload(root: Path, payload: Payload) -> None:
+    for rel, (content, mode) in payload.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(content)
+        p.chmod(mode)
+
 
 class NotYet(Exception):
     """A volume or env source does not exist yet; kubelet waits for it, so do we."""
@@ -130,6 +185,12 @@ class PodWorker(threading.Thread):
         self.start_time: str | None = None
         self.initialized = False
         self._sent: str | None = None
+        self.volumes: dict[str, Path] = {}
+        # What each atomic-writer volume holds now, to skip rewrites when nothing changed.
+        self._written: dict[str, Payload] = {}
+        self._next_volume_refresh = 0.0
+        # Service account tokens by (audience, expirationSeconds): (token, monotonic time to renew).
+        self._tokens: dict[tuple[str, int], tuple[bytes, float]] = {}
         spec = pod["spec"]
         self.inits = [Container(c, True, self.log_root / c["name"]) for c in spec.get("initContainers") or []]
         self.apps = [Container(c, False, self.log_root / c["name"]) for c in spec["containers"]]
@@ -234,8 +295,10 @@ class PodWorker(threading.Thread):
         for c in self.apps:
             self._start(c)
         self._push_status()
+        self._next_volume_refresh = time.monotonic() + VOLUME_REFRESH_SECONDS
         while not self.delete_requested.is_set():
             self._tick(restart)
+            self._refresh_volumes()
             # Pending until a container has started, as kubelet reports it.
             if self.phase == "Pending" and any(c.proc is not None for c in self.apps):
                 self.phase = "Running"
@@ -349,6 +412,9 @@ class PodWorker(threading.Thread):
                 src = src / m["subPath"]
                 if not src.exists():
                     src.mkdir(parents=True)
+                # In an atomic-writer volume the name is a symlink through ..data: bind what it names
+                # now, so the mount keeps this content after updates, as kubelet's subPath mounts do.
+                src = src.resolve()
             dst = m["mountPath"]
             self.agent.make_mountpoint(dst, is_file=src.is_file())
             lines.append(f"mount --bind {shlex.quote(str(src))} {shlex.quote(dst)}")
@@ -569,22 +635,54 @@ class PodWorker(threading.Thread):
                 env[e["name"]] = self._resource(spec, vf["resourceFieldRef"])
         return env
 
-    def _write_files(self, d: Path, data: dict[str, bytes], items: list[dict[str, Any]] | None,
-                     mode: int | None) -> None:
-        d.mkdir(parents=True, exist_ok=True)
-        pairs = [(it["key"], it["path"], it.get("mode")) for it in items] if items else [(k, k, None) for k in data]
-        for key, rel, m in pairs:
-            if key not in data:
-                raise NotYet(f"key {key!r} not found")
-            p = d / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(data[key])
-            p.chmod(m if m is not None else (mode if mode is not None else 0o644))
+    @staticmethod
+    def _project(data: dict[str, bytes], items: list[dict[str, Any]] | None, mode: int | None,
+                 optional: bool, what: str) -> Payload:
+        """A Secret's or ConfigMap's keys as files, as kubelet's MakePayload picks them."""
+        default = mode if mode is not None else 0o644
+        if not items:
+            return {k: (v, default) for k, v in data.items()}
+        out: Payload = {}
+        for it in items:
+            if it["key"] not in data:
+                if optional:
+                    continue
+                raise NotYet(f"key {it['key']!r} not found in {what}")
+            out[it["path"]] = (data[it["key"]], it["mode"] if it.get("mode") is not None else default)
+        return out
+
+    def _object_payload(self, kind: str, name: str, src: dict[str, Any], mode: int | None) -> Payload:
+        # A missing optional object projects nothing (so a deleted one empties the volume); a
+        # missing required one raises NotYet, which on a refresh leaves the volume as it was.
+        optional = bool(src.get("optional", False))
+        obj = self._get(kind, name, optional)
+        return self._project(self._data(obj, kind == "secrets"), src.get("items"), mode, optional,
+                             f"{kind[:-1]} {self.ns}/{name}")
+
+    def _downward(self, items: list[dict[str, Any]], mode: int | None) -> Payload:
+        default = mode if mode is not None else 0o644
+        out: Payload = {}
+        for it in items:
+            if "fieldRef" in it:
+                value = self._field(it["fieldRef"]["fieldPath"])
+            elif "resourceFieldRef" in it:
+                value = self._resource(self.apps[0].spec, it["resourceFieldRef"])
+            else:
+                continue
+            out[it["path"]] = (value.encode(), it["mode"] if it.get("mode") is not None else default)
+        return out
 
     def _token(self, src: dict[str, Any]) -> bytes:
+        """A bound token, renewed at 80% of its lifetime as kubelet's token manager does (a new
+        token on every refresh would rewrite the volume every time)."""
+        expiration = int(src.get("expirationSeconds", 3600))
+        key = (src.get("audience") or "", expiration)
+        cached = self._tokens.get(key)
+        if cached and time.monotonic() < cached[1]:
+            return cached[0]
         sa = self.pod["spec"].get("serviceAccountName") or "default"
         spec: dict[str, Any] = {
-            "expirationSeconds": int(src.get("expirationSeconds", 3600)),
+            "expirationSeconds": expiration,
             "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": self.name, "uid": self.uid},
         }
         if src.get("audience"):
@@ -595,48 +693,55 @@ class PodWorker(threading.Thread):
                 {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
         except KubeError as e:
             raise NotYet(f"token for serviceaccount {self.ns}/{sa}: {e}") from e
-        return tr["status"]["token"].encode()
+        token = tr["status"]["token"].encode()
+        self._tokens[key] = (token, time.monotonic() + 0.8 * expiration)
+        return token
+
+    def _projected(self, p: dict[str, Any]) -> Payload:
+        mode = p.get("defaultMode")
+        out: Payload = {}
+        for src in p.get("sources") or []:
+            if "secret" in src:
+                out |= self._object_payload("secrets", src["secret"]["name"], src["secret"], mode)
+            elif "configMap" in src:
+                out |= self._object_payload("configmaps", src["configMap"]["name"], src["configMap"], mode)
+            elif "downwardAPI" in src:
+                out |= self._downward(src["downwardAPI"].get("items") or [], mode)
+            elif "serviceAccountToken" in src:
+                s = src["serviceAccountToken"]
+                out[s["path"]] = (self._token(s), mode if mode is not None else 0o600)
+        return out
+
+    def _volume_payload(self, v: dict[str, Any]) -> Payload | None:
+        """The files of an atomic-writer volume (secret, configMap, downwardAPI, projected); None
+        for the other types."""
+        if "secret" in v:
+            s = v["secret"]
+            return self._object_payload("secrets", s["secretName"], s, s.get("defaultMode"))
+        if "configMap" in v:
+            s = v["configMap"]
+            return self._object_payload("configmaps", s["name"], s, s.get("defaultMode"))
+        if "downwardAPI" in v:
+            return self._downward(v["downwardAPI"].get("items") or [], v["downwardAPI"].get("defaultMode"))
+        if "projected" in v:
+            return self._projected(v["projected"])
+        return None
 
     def _materialize_volumes(self) -> dict[str, Path]:
         out: dict[str, Path] = {}
         vroot = self.dir / "volumes"
         for v in self.pod["spec"].get("volumes") or []:
             d = vroot / v["name"]
-            if "emptyDir" in v:
-                d.mkdir(parents=True, exist_ok=True)
-                d.chmod(0o777)  # as kubelet makes it: writable whatever runAsUser the pod has
-            elif "secret" in v:
-                s = v["secret"]
-                obj = self._get("secrets", s["secretName"], s.get("optional", False))
-                shutil.rmtree(d, ignore_errors=True)
-                self._write_files(d, self._data(obj, True), s.get("items"), s.get("defaultMode"))
-            elif "configMap" in v:
-                s = v["configMap"]
-                obj = self._get("configmaps", s["name"], s.get("optional", False))
-                shutil.rmtree(d, ignore_errors=True)
-                self._write_files(d, self._data(obj, False), s.get("items"), s.get("defaultMode"))
-            elif "downwardAPI" in v:
-                shutil.rmtree(d, ignore_errors=True)
-                self._downward(d, v["downwardAPI"].get("items") or [], v["downwardAPI"].get("defaultMode"))
-            elif "projected" in v:
+            payload = self._volume_payload(v)
+            if payload is not None:
+                # No container has started yet, so no bind mount holds d: a leftover can go.
                 shutil.rmtree(d, ignore_errors=True)
                 d.mkdir(parents=True)
-                mode = v["projected"].get("defaultMode")
-                for src in v["projected"].get("sources") or []:
-                    if "secret" in src:
-                        s = src["secret"]
-                        obj = self._get("secrets", s["name"], s.get("optional", False))
-                        self._write_files(d, self._data(obj, True), s.get("items"), mode)
-                    elif "configMap" in src:
-                        s = src["configMap"]
-                        obj = self._get("configmaps", s["name"], s.get("optional", False))
-                        self._write_files(d, self._data(obj, False), s.get("items"), mode)
-                    elif "downwardAPI" in src:
-                        self._downward(d, src["downwardAPI"].get("items") or [], mode)
-                    elif "serviceAccountToken" in src:
-                        s = src["serviceAccountToken"]
-                        self._write_files(d, {"t": self._token(s)}, [{"key": "t", "path": s["path"]}],
-                                          mode if mode is not None else 0o600)
+                atomic_write(d, payload)
+                self._written[v["name"]] = payload
+            elif "emptyDir" in v:
+                d.mkdir(parents=True, exist_ok=True)
+                d.chmod(0o777)  # as kubelet makes it: writable whatever runAsUser the pod has
             elif "persistentVolumeClaim" in v:
                 out[v["name"]] = self._pvc_path(v["persistentVolumeClaim"]["claimName"])
                 continue
@@ -651,15 +756,27 @@ class PodWorker(threading.Thread):
             out[v["name"]] = d
         return out
 
-    def _downward(self, d: Path, items: list[dict[str, Any]], mode: int | None) -> None:
-        data: dict[str, bytes] = {}
-        for it in items:
-            if "fieldRef" in it:
-                data[it["path"]] = self._field(it["fieldRef"]["fieldPath"]).encode()
-            elif "resourceFieldRef" in it:
-                spec = self.apps[0].spec
-                data[it["path"]] = self._resource(spec, it["resourceFieldRef"]).encode()
-        self._write_files(d, data, None, mode)
+    def _refresh_volumes(self) -> None:
+        """Brings the atomic-writer volumes up to date with their sources, as kubelet's sync loop does.
+        A refresh that fails leaves a volume as it was: the pod keeps running on the old content."""
+        t = time.monotonic()
+        if t < self._next_volume_refresh:
+            return
+        self._next_volume_refresh = t + VOLUME_REFRESH_SECONDS
+        for v in self.pod["spec"].get("volumes") or []:
+            name = v["name"]
+            if name not in self._written:
+                continue
+            try:
+                payload = self._volume_payload(v)
+                if payload is None or payload == self._written[name]:
+                    continue
+                atomic_write(self.volumes[name], payload)
+                self._written[name] = payload
+            except NotYet as e:
+                log.debug("volume %s of pod %s/%s left as it is: %s", name, self.ns, self.name, e)
+            except Exception as e:  # noqa: BLE001 - an API hiccup must not fail a running pod
+                log.warning("could not refresh volume %s of pod %s/%s: %s", name, self.ns, self.name, e)
 
     def _pvc_path(self, claim: str) -> Path:
         pvc = self._get("persistentvolumeclaims", claim, False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
@@ -290,6 +291,63 @@ def test_pod_waits_for_a_secret_created_after_it(kubectl: Kubectl, namespace: st
     kubectl("create", "secret", "generic", "late-env", "-n", namespace, "--from-literal=token=t0")
     wait_until("pod patient to succeed", lambda: pod_phase(kubectl, namespace, "patient") == "Succeeded", 30)
     assert kubectl("logs", "-n", namespace, "patient").stdout.strip() == "t0 v1"
+
+
+def test_running_pod_sees_secret_and_configmap_updates(kubectl: Kubectl, namespace: str) -> None:
+    # Key rotation relies on this: the operator patches a Secret and the process re-reads the directory.
+    kubectl("create", "secret", "generic", "rot", "-n", namespace, "--from-literal=id-1.crt=c1",
+            "--from-literal=id-1.key=k1", "--from-literal=ca.crt=ca")
+    kubectl("create", "configmap", "knobs", "-n", namespace, "--from-literal=mode=fast")
+    # Prints what it sees whenever that changes. Hidden names are the volume's ..data machinery; a
+    # name listed just before an update may be gone when read (as with kubelet): read again then.
+    code = """
+        import json, os, pathlib, time
+        def files(d):
+            return {n: (pathlib.Path(d) / n).read_text() for n in sorted(os.listdir(d)) if not n.startswith(".")}
+        last = None
+        while True:
+            try:
+                seen = json.dumps({"secret": files("/etc/rot"), "config": files("/etc/knobs"),
+                                   "pinned": pathlib.Path("/etc/pinned.crt").read_text(),
+                                   "atomic": os.path.islink("/etc/rot/..data")}, sort_keys=True)
+            except FileNotFoundError:
+                continue
+            if seen != last:
+                print(seen, flush=True)
+                last = seen
+            time.sleep(0.1)
+    """
+    apply_obj(kubectl, namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "watcher"},
+        "spec": {"terminationGracePeriodSeconds": 1, "containers": [py_container(
+            "main", code, volumeMounts=[
+                {"name": "rot", "mountPath": "/etc/rot", "readOnly": True},
+                {"name": "knobs", "mountPath": "/etc/knobs"},
+                {"name": "rot", "mountPath": "/etc/pinned.crt", "subPath": "id-1.crt"},
+            ])],
+            "volumes": [{"name": "rot", "secret": {"secretName": "rot"}},
+                        {"name": "knobs", "configMap": {"name": "knobs"}}]},
+    })
+
+    def seen() -> dict[str, object]:
+        lines = kubectl("logs", "-n", namespace, "watcher", check=False).stdout.splitlines()
+        return json.loads(lines[-1]) if lines else {}
+
+    start = wait_until("pod watcher to report its volumes", seen, 60)
+    assert start == {"secret": {"ca.crt": "ca", "id-1.crt": "c1", "id-1.key": "k1"}, "config": {"mode": "fast"},
+                     "pinned": "c1", "atomic": True}
+
+    def b64(s: str) -> str:
+        return base64.b64encode(s.encode()).decode()
+
+    # A rotation: a changed key, new keys, an old key gone.
+    kubectl("patch", "secret", "rot", "-n", namespace, "--type=merge", "-p", json.dumps({"data": {
+        "id-1.crt": b64("c1-renewed"), "id-1.key": None, "id-2.crt": b64("c2"), "id-2.key": b64("k2")}}))
+    kubectl("patch", "configmap", "knobs", "-n", namespace, "--type=merge", "-p", '{"data": {"mode": "slow"}}')
+    want = {"secret": {"ca.crt": "ca", "id-1.crt": "c1-renewed", "id-2.crt": "c2", "id-2.key": "k2"},
+            "config": {"mode": "slow"}, "pinned": "c1", "atomic": True}
+    wait_until("pod watcher to see the updated secret and configmap", lambda: seen() == want, 20)
+    assert pod_phase(kubectl, namespace, "watcher") == "Running"
 
 
 def test_run_as_user_can_write_its_volumes(kubectl: Kubectl, namespace: str) -> None:
