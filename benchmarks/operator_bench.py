@@ -67,7 +67,7 @@ from fedsec.controller.names import ROLE_CLIENT, JobNames  # noqa: E402
 from fedsec.controller.reconcile import parse_client, parse_job  # noqa: E402
 from fedsec.api.meta import API_VERSION  # noqa: E402
 from fedsec.api.plan import plan_job  # noqa: E402
-from fedsec.crypto import pki  # noqa: E402
+from fedsec.crypto import keyring, pki  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNSCHEDULABLE = {"fedsec.io/bench": "no-such-node"}
@@ -312,10 +312,9 @@ def baseline_manifests(job: dict[str, Any], fcs: list[dict[str, Any]], name: str
         owner = ch.Owner(API_VERSION, "FederatedClient", s, fc["metadata"]["uid"])
         labels = names.labels(ROLE_CLIENT, s)
         tls = pki.issue_tls(ca, s, [])
-        ident = pki.issue_signing(ca, s, epoch=0)
         secrets_.append(ch.secret(names.site_secret(s), sns, labels, owner,
                                   {"ca.crt": ca.cert_pem, "tls.crt": tls.cert_pem, "tls.key": tls.key_pem,
-                                   "id.crt": ident.cert_pem, "id.key": ident.key_pem}))
+                                   **keyring.identity_files(ca, s, 0)}, immutable=False))
         cms.append(ch.config_map(names.site(s), sns, labels, owner,
                                  {ch.CLIENT_CONFIG: ch.client_config(fj, uid, site, names, settings)}))
         jobs.append(ch.client_job(names, site, owner, settings))

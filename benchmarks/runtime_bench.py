@@ -73,15 +73,18 @@ sys.path.insert(0, str(ROOT / "operator"))
 
 from fedsec.aggregation.base import ClientUpdate, TensorSpec  # noqa: E402
 from fedsec.crypto.pki import AGGREGATOR  # noqa: E402
+from fedsec.crypto.keyring import KeyRing  # noqa: E402
+from fedsec.protocol.key_epochs import EpochWindow  # noqa: E402
 from fedsec.crypto.signing import Signer, Verifier  # noqa: E402
 from fedsec.wire import tensors as wire_tensors  # noqa: E402
 from fedsec.wire.envelope import open_envelope, seal  # noqa: E402
 from fedsec.wire.proto import round_pb2 as pb  # noqa: E402
 
-# The aggregator's gRPC method and key epoch (checked against fedsec.runtime.aggregator in the
-# parent; not imported in the workers because that module imports torch).
+# The aggregator's gRPC method (checked against fedsec.runtime.aggregator in the parent; not
+# imported in the workers because that module imports torch). The benchmark's job never rotates
+# keys, so every message is in key epoch 0.
 METHOD = "/fedsec.v1.Rounds/Exchange"
-KEY_EPOCH = 0
+KEY_EPOCH = EpochWindow(0, 0)
 CALL_TIMEOUT_SECONDS = 120.0
 START_TIMEOUT_SECONDS = 120.0  # aggregator start-up (imports torch) until it listens
 EVENT_TIMEOUT_SECONDS = 300.0  # the longest silence allowed between two aggregator events
@@ -126,7 +129,7 @@ class BenchSite:
         self.marks, self.lock = marks, lock
         p = site["pki"]
         ca = Path(p["ca_cert"]).read_bytes()
-        self.signer = Signer(Path(p["id_key"]).read_bytes(), Path(p["id_cert"]).read_bytes())
+        self.signer = KeyRing(Path(p["keys_dir"])).require(0)
         self.verifier = Verifier(ca)
         creds = grpc.ssl_channel_credentials(
             root_certificates=ca, private_key=Path(p["tls_key"]).read_bytes(),
@@ -148,7 +151,7 @@ class BenchSite:
         nonce = pb.Header.FromString(env.header).nonce
         raw = self.exchange(env.SerializeToString(), timeout=CALL_TIMEOUT_SECONDS, wait_for_ready=True)
         opened = open_envelope(
-            pb.Envelope.FromString(raw), self.verifier, job_uid=self.job_uid, key_epochs=frozenset({KEY_EPOCH}),
+            pb.Envelope.FromString(raw), self.verifier, job_uid=self.job_uid, key_epochs=KEY_EPOCH,
             recipient=self.name, replay=None, now_ms=int(time.time() * 1000), max_bytes=2 * self.max_bytes,
         )
         if opened.sender.name != AGGREGATOR:
@@ -559,7 +562,7 @@ def breakdown(n: int, specs: tuple[TensorSpec, ...], workdir: Path, reps: int) -
         c0 = time.process_time()
         env = pb.Envelope()
         env.ParseFromString(raw)
-        open_envelope(env, verifier, job_uid="bench", key_epochs=frozenset({0}), recipient=AGGREGATOR, replay=None,
+        open_envelope(env, verifier, job_uid="bench", key_epochs=KEY_EPOCH, recipient=AGGREGATOR, replay=None,
                       now_ms=int(time.time() * 1000), max_bytes=128 * MIB)
         return time.process_time() - c0
 
@@ -681,8 +684,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from fedsec.runtime import aggregator as runtime_aggregator  # imports torch; the workers never do
 
-    if (runtime_aggregator.METHOD, runtime_aggregator.KEY_EPOCH) != (METHOD, KEY_EPOCH):
-        raise SystemExit("runtime_bench is out of date with fedsec.runtime.aggregator (METHOD/KEY_EPOCH)")
+    if runtime_aggregator.METHOD != METHOD:
+        raise SystemExit("runtime_bench is out of date with fedsec.runtime.aggregator (METHOD)")
     ns = args.n or ([10, 50] if args.quick else [10, 50, 100])
     ds = args.d or ([10_000, 100_000] if args.quick else [10_000, 1_000_000])
     measured = args.rounds or (3 if args.quick else 5)

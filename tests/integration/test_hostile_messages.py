@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from fedsec_runs import write_job_dir
-from fedsec.crypto import pki
+from fedsec.crypto import keyring, pki
 from fedsec.crypto.signing import Signer
 from fedsec.runtime import local
 from fedsec.runtime.aggregator import METHOD
@@ -67,8 +67,7 @@ def channel(live: Live, name: str, tls_name: str | None = None) -> grpc.Channel:
 
 
 def signer_for(live: Live, name: str) -> Signer:
-    paths = live.layout.pki_paths(name)
-    return Signer(paths.id_key.read_bytes(), paths.id_cert.read_bytes())
+    return keyring.KeyRing(live.layout.pki_paths(name).keys_dir, name).require(0)
 
 
 def send(ch: grpc.Channel, raw: bytes) -> pb.Ack | pb.Reply:
@@ -94,7 +93,8 @@ def issue(live: Live, name: str, epoch: int = 0) -> tuple[Signer, Path]:
     """A CA-issued identity (and TLS key) for ``name``, written beside the job's."""
     d = live.layout.pki_dir / name
     tls, ident = pki.issue_tls(live.ca, name, []), pki.issue_signing(live.ca, name, epoch)
-    for fname, data in (("tls.key", tls.key_pem), ("tls.crt", tls.cert_pem), ("id.key", ident.key_pem), ("id.crt", ident.cert_pem)):
+    for fname, data in (("tls.key", tls.key_pem), ("tls.crt", tls.cert_pem), (keyring.key_file(epoch), ident.key_pem),
+                        (keyring.cert_file(epoch), ident.cert_pem)):
         pki.write_private(d / fname, data)
     return Signer(ident.key_pem, ident.cert_pem), d
 

@@ -37,8 +37,6 @@ def unsupported_in_job(job: FederatedJob) -> list[FieldError]:
         errors.append(_nyi("spec.defense.reputation", "reputation", ref, "set it to false"))
     if s.keys.source == "pkcs11":
         errors.append(_nyi("spec.keys.source", "source 'pkcs11'", ref, "use 'file' or 'secret'"))
-    if s.keys.rotation.every_rounds is not None:
-        errors.append(_nyi("spec.keys.rotation.everyRounds", "key rotation", ref, "remove the field"))
     return errors
 
 

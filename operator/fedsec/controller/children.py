@@ -32,7 +32,7 @@ DATA_DIR = PurePosixPath("/var/lib/fedsec/data")
 AGGREGATOR_CONFIG = "aggregator.json"
 CLIENT_CONFIG = "client.json"
 CONFIG_HASH = "fedsec.io/config-hash"
-PKI_FILES = ("ca.crt", "tls.crt", "tls.key", "id.crt", "id.key")
+PKI_FILES = ("ca.crt", "tls.crt", "tls.key")  # and id-<epoch>.crt/.key (fedsec.crypto.keyring)
 
 
 @dataclass(frozen=True)
@@ -71,13 +71,14 @@ def _meta(name: str, namespace: str, labels: dict[str, str], owner: Owner | None
     return m
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def secret(name: str, namespace: str, labels: dict[str, str], owner: Owner | None, files: dict[str, bytes]) -> dict[str, Any]:
+def secret(name: str, namespace: str, labels: dict[str, str], owner: Owner | None, files: dict[str, bytes], *,
+           immutable: bool = True) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name, namespace, labels, owner),
-            "type": "Opaque", "immutable": True, "data": {k: _b64(v) for k, v in sorted(files.items())}}
+            "type": "Opaque", "immutable": immutable, "data": {k: b64(v) for k, v in sorted(files.items())}}
 
 
 def config_map(name: str, namespace: str, labels: dict[str, str], owner: Owner | None, files: dict[str, str]) -> dict[str, Any]:

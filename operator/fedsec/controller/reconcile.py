@@ -33,8 +33,9 @@ from fedsec.controller.kube import Kube
 from fedsec.controller.parse import describe, parse_client, parse_job
 from fedsec.controller.sites import JOB_ADMITTED, JOB_DELETED, JOB_DONE, JOB_FAILED, JOB_REFUSED, JOB_TRAINING
 from fedsec.controller.names import GRPC_PORT, ROLE_CLIENT, JobNames, job_key
-from fedsec.crypto import pki
+from fedsec.crypto import keyring, pki
 from fedsec.privacy.admission import planned_epsilon
+from fedsec.protocol.key_epochs import RotationPolicy, issued_epochs
 from fedsec.runtime import admin
 
 log = logging.getLogger("fedsec.operator")
@@ -67,6 +68,7 @@ class _Cache:
     """Children known to exist, per job uid: a pass does not re-read what it created before."""
 
     ensured: set[tuple[str, str, str]] = field(default_factory=set)
+    identity_epochs: dict[tuple[str, str, str], frozenset[int]] = field(default_factory=dict)  # per Secret, as written
     operator_pki: tuple[bytes, bytes, bytes] | None = None
     aggregator_ip: str | None = None  # a Service's cluster IP never changes
 
@@ -114,7 +116,9 @@ class JobReconciler:
             self._sync_sites(job, uid, admitted, obs.refused, fc_bodies, prior, prior.get("phase", ""))
             return IDLE_INTERVAL
 
-        ca = self._ensure_keys(job, names, owner, cache, admitted, obs)
+        epoch = int(prior.get("keyEpoch") or 0)
+        ca = self._ensure_keys(job, names, owner, cache)
+        self._ensure_identities(job, names, owner, cache, ca, admitted, fc_bodies, epoch, obs)
         self._ensure_job_children(job, names, owner, cache)
         run = int(prior.get("clientRun", 0))
         rollback_status, reopen = self._rollback(job, names, prior, obs)
@@ -130,7 +134,7 @@ class JobReconciler:
                                                                "aggregatorStopped": False})
         digest = self._ensure_aggregator_config(job, names, owner, obs.admitted, quorum, prior)
         for site in admitted:
-            self._ensure_site(job, names, site, fc_bodies, cache, run, ca)
+            self._ensure_site(job, names, site, fc_bodies, cache, run)
         obs.sites_ready = self._sites_ready(uid)
 
         deployment = self.kube.get("apps/v1", "Deployment", names.aggregator, ns)
@@ -146,6 +150,9 @@ class JobReconciler:
             ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
             if ready:
                 obs.aggregator, obs.aggregator_error = self._admin_status(names, ns, cache)
+                reported = int((obs.aggregator or {}).get("keyEpoch") or 0)
+                if reported > epoch:  # it rotated: issue the epoch after, retire the ones before
+                    self._ensure_identities(job, names, owner, cache, ca, admitted, fc_bodies, reported, obs)
             else:
                 obs.aggregator_error = "its pod is not ready yet"
         if rollback_status is not None:
@@ -223,10 +230,9 @@ class JobReconciler:
 
     # -- keys ----------------------------------------------------------------------------------
 
-    def _ensure_keys(self, job: FederatedJob, names: JobNames, owner: ch.Owner, cache: _Cache,
-                     admitted: list[FederatedClient], obs: st.Observation) -> pki.CA:
-        """The job CA, then every participant's TLS and signing keys, each in its own Secret. The CA
-        key never leaves the CA Secret; each pod mounts only its own participant's Secret."""
+    def _ensure_keys(self, job: FederatedJob, names: JobNames, owner: ch.Owner, cache: _Cache) -> pki.CA:
+        """The job CA and the operator's admin key. The CA key never leaves the CA Secret; each pod
+        mounts only its own participant's Secret (:meth:`_ensure_identities`)."""
         ns = job.metadata.namespace
         ca_obj = self.kube.get("v1", "Secret", names.ca_secret, ns)
         if ca_obj is None:
@@ -235,29 +241,61 @@ class JobReconciler:
                                  {"ca.crt": fresh.cert_pem, "ca.key": pki.ca_key_pem(fresh)})
             ca_obj, _ = self.kube.ensure(manifest)  # a concurrent creator wins: use what is stored
         ca = pki.load_ca(_decode(ca_obj, "ca.key"), _decode(ca_obj, "ca.crt"))
+        self._ensure_participant(cache, ca, names.operator_secret, ns, names.labels("operator"), owner,
+                                 pki.OPERATOR, [], identities=None)
+        return ca
+
+    def _ensure_identities(self, job: FederatedJob, names: JobNames, owner: ch.Owner, cache: _Cache, ca: pki.CA,
+                           admitted: list[FederatedClient], fc_bodies: dict[tuple[str, str], dict[str, Any]],
+                           epoch: int, obs: st.Observation) -> None:
+        """Every participant's Secret holds the identity keys of the aggregator's key epoch and, when
+        keys rotate, the next one (the rules: :mod:`fedsec.protocol.key_epochs`)."""
+        r = job.spec.keys.rotation
+        wanted = issued_epochs(epoch, RotationPolicy(r.every_rounds, r.grace_rounds))
+        ns = job.metadata.namespace
         svc = names.aggregator
         hosts = [svc, f"{svc}.{ns}", f"{svc}.{ns}.svc", f"{svc}.{ns}.svc.{self.settings.cluster_domain}"]
         self._ensure_participant(cache, ca, names.aggregator_secret, ns, names.labels("aggregator"), owner,
-                                 pki.AGGREGATOR, hosts, signing=True)
-        self._ensure_participant(cache, ca, names.operator_secret, ns, names.labels("operator"), owner,
-                                 pki.OPERATOR, [], signing=False)
+                                 pki.AGGREGATOR, hosts, identities=wanted)
+        for site in admitted:
+            s, sns = site.metadata.name, site.metadata.namespace
+            fc_owner = ch.Owner(API_VERSION, "FederatedClient", s, fc_bodies[(sns, s)]["metadata"]["uid"])
+            self._ensure_participant(cache, ca, names.site_secret(s), sns, names.labels(ROLE_CLIENT, s), fc_owner, s, [],
+                                     identities=wanted)
         obs.keys_ready = True
-        obs.keys_message = f"CA and keys of the aggregator, the operator and {len(admitted)} site(s) issued (epoch 0)"
-        return ca
+        obs.keys_message = f"CA and keys of the aggregator, the operator and {len(admitted)} site(s) issued"
 
     def _ensure_participant(self, cache: _Cache, ca: pki.CA, secret_name: str, ns: str, labels: dict[str, str],
-                            owner: ch.Owner | None, cn: str, hosts: list[str], *, signing: bool) -> None:
+                            owner: ch.Owner | None, cn: str, hosts: list[str], *,
+                            identities: frozenset[int] | None) -> None:
+        """One participant's Secret: its TLS key and, unless ``identities`` is None (the operator's
+        own admin key), its identity keys of those epochs. A Secret that exists keeps its TLS key;
+        its identity keys are brought to ``identities`` by one patch that adds the new epochs and
+        removes the older ones (kubelet swaps a Secret volume atomically)."""
         key = ("Secret", ns, secret_name)
-        if key in cache.ensured:
+        if key in cache.ensured and (identities is None or cache.identity_epochs.get(key) == identities):
             return
-        if self.kube.get("v1", "Secret", secret_name, ns) is None:
+        existing = self.kube.get("v1", "Secret", secret_name, ns)
+        if existing is None:
             tls = pki.issue_tls(ca, cn, hosts)
             files = {"ca.crt": ca.cert_pem, "tls.crt": tls.cert_pem, "tls.key": tls.key_pem}
-            if signing:
-                ident = pki.issue_signing(ca, cn, epoch=0)
-                files.update({"id.crt": ident.cert_pem, "id.key": ident.key_pem})
-            self.kube.ensure(ch.secret(secret_name, ns, labels, owner, files))
+            for epoch in sorted(identities or ()):
+                files.update(keyring.identity_files(ca, cn, epoch))
+            # The identity keys change at every rotation; the operator's admin key never does.
+            self.kube.ensure(ch.secret(secret_name, ns, labels, owner, files, immutable=identities is None))
+        elif identities is not None:
+            held = keyring.epochs_in((existing.get("data") or {}).keys())
+            data: dict[str, str | None] = {}
+            for epoch in sorted(identities - held):
+                data.update({k: ch.b64(v) for k, v in keyring.identity_files(ca, cn, epoch).items()})
+            for epoch in keyring.stale_epochs(held, identities):
+                data.update({keyring.cert_file(epoch): None, keyring.key_file(epoch): None})
+            if data:
+                self.kube.patch("v1", "Secret", secret_name, ns, {"data": data})
+                log.info("identity keys of %s in Secret %s/%s: epochs %s", cn, ns, secret_name, sorted(identities))
         cache.ensured.add(key)
+        if identities is not None:
+            cache.identity_epochs[key] = identities
 
     # -- children ------------------------------------------------------------------------------
 
@@ -287,13 +325,12 @@ class JobReconciler:
         return digest
 
     def _ensure_site(self, job: FederatedJob, names: JobNames, site: FederatedClient,
-                     fc_bodies: dict[tuple[str, str], dict[str, Any]], cache: _Cache, run: int, ca: pki.CA) -> None:
+                     fc_bodies: dict[tuple[str, str], dict[str, Any]], cache: _Cache, run: int) -> None:
         s, sns = site.metadata.name, site.metadata.namespace
         fc = fc_bodies[(sns, s)]
         fc_owner = ch.Owner(API_VERSION, "FederatedClient", s, fc["metadata"]["uid"])
         labels = names.labels(ROLE_CLIENT, s)
         self._ensure_once(cache, ch.ledger_claim_manifest(site, fc_owner, self.settings))
-        self._ensure_participant(cache, ca, names.site_secret(s), sns, labels, fc_owner, s, [], signing=True)
         files = {ch.CLIENT_CONFIG: ch.client_config(job, job.metadata.uid or "", site, names, self.settings)}
         self._ensure_once(cache, ch.config_map(names.site(s), sns, labels, fc_owner, files))
         manifest = ch.client_job(names, site, fc_owner, self.settings)

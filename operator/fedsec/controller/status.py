@@ -115,8 +115,7 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
         conds.append(condition(before, "KeysReady", False, "NotIssued", "no keys are issued for a job that cannot run", g, now))
     else:
         conds.append(condition(before, "KeysReady", o.keys_ready, "KeysIssued" if o.keys_ready else "KeysPending",
-                           o.keys_message or (f"key epoch {agg.get('keyEpoch', 0)}" if o.keys_ready
-                                              else "issuing the job's keys"), g, now))
+                           _keys_message(o, agg) if o.keys_ready else "issuing the job's keys", g, now))
 
     degraded_why = []
     if o.aggregator_error and phase not in FINAL:
@@ -158,6 +157,7 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
         "modelVersion": agg.get("modelVersion", prior.get("modelVersion")),
         "lastGoodRound": agg.get("lastGoodRound", prior.get("lastGoodRound")),
         "keyEpoch": agg.get("keyEpoch", prior.get("keyEpoch", 0)),
+        "keyRotation": agg.get("keyRotation", prior.get("keyRotation")),
         "quorum": f"{o.quorum}/{n}" if n else None,
         "clientsReady": o.sites_ready,
         "participants": agg.get("contributors", prior.get("participants", [])),
@@ -175,6 +175,20 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
     return {k: v for k, v in status.items() if v is not None}
 
 
+def _keys_message(o: Observation, agg: dict[str, Any]) -> str:
+    rot = agg.get("keyRotation") or {}
+    epoch = agg.get("keyEpoch")
+    if epoch is None:
+        return o.keys_message
+    if not rot.get("everyRounds"):
+        return f"{o.keys_message}; key epoch {epoch}, no rotation"
+    if rot.get("due"):
+        return (f"{o.keys_message}; key epoch {epoch}: the rotation to epoch {epoch + 1} is due and happens "
+                "at the first round boundary after its key reached the aggregator")
+    return (f"{o.keys_message}; key epoch {epoch}, {rot['roundsInEpoch']} of {rot['everyRounds']} rounds "
+            f"before the next rotation; messages verify in epoch {rot.get('acceptedEpochs', epoch)}")
+
+
 def transitions(prior: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(type Normal/Warning, reason, message) for every change worth a Kubernetes Event."""
     out: list[tuple[str, str, str]] = []
@@ -190,6 +204,10 @@ def transitions(prior: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, s
             bad = (c["type"] == "Degraded" and c["status"] == "True") or (c["type"] != "Degraded" and c["status"] == "False"
                                                                           and c["type"] != "RolledBack")
             out.append(("Warning" if bad else "Normal", c["reason"], f"{c['type']}={c['status']}: {c['message']}"))
+    if int(new.get("keyEpoch") or 0) > int(prior.get("keyEpoch") or 0):
+        grace = (new.get("keyRotation") or {}).get("graceRounds", 0)
+        out.append(("Normal", "KeysRotated", f"key epoch {prior.get('keyEpoch') or 0} -> {new['keyEpoch']}; "
+                    f"the previous epoch verifies for {grace} more round(s)"))
     if int(new.get("round") or 0) > int(prior.get("round") or 0):  # a rollback lowers it: RolledBack says so
         out.append(("Normal", "RoundCommitted", f"round {new['round']} committed (model version {new.get('modelVersion')})"))
     return out

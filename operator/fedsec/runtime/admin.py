@@ -52,6 +52,13 @@ def status_document(agg: Aggregator) -> dict[str, Any]:
         "lastGoodRound": max(0, int(last_train["round"])) if last_train else 0,
         "checkpointRounds": sorted({int(m["round"]) for m in metas if int(m.get("round", -1)) >= 0}),
         "keyEpoch": agg.key_epoch,
+        "keyRotation": {
+            "everyRounds": agg.rotation.every_rounds,
+            "graceRounds": agg.rotation.grace_rounds,
+            "roundsInEpoch": agg.epochs.rounds,
+            "due": agg.epochs.due(agg.rotation),
+            "acceptedEpochs": str(agg.epochs.accepted(agg.rotation)),
+        },
         "quorum": agg.cfg.quorum,
         "sites": engine.site_states(),
         "contributors": contributors,

@@ -29,9 +29,11 @@ from google.protobuf.message import DecodeError
 
 from fedsec.aggregation.base import TensorSpec, Tensors
 from fedsec.aggregation.registry import mode_for
+from fedsec.crypto.keyring import KeyRing
 from fedsec.crypto.pki import AGGREGATOR
-from fedsec.crypto.signing import Signer, Verifier
+from fedsec.crypto.signing import IdentityError, Verifier
 from fedsec.protocol import engine as eng
+from fedsec.protocol.key_epochs import EpochState, RotationPolicy
 from fedsec.protocol.rejections import REASONS, Rejected
 from fedsec.protocol.replay import ReplayGuard
 from fedsec.runtime import admin, exitcodes
@@ -54,7 +56,6 @@ METHOD = f"/{SERVICE}/Exchange"
 LONG_POLL_SECONDS = 10.0
 SITE_METRICS = frozenset({"loss", "accuracy", "auc", "samples", "epsilon"})  # all a site may report
 MAX_DECLARED_SAMPLES = 10_000_000  # a declared size sets the round's weight bound: keep a liar's claim bounded
-KEY_EPOCH = 0  # key rotation lands with the keys issue; until then every key is epoch 0
 
 
 class EventSink:
@@ -96,9 +97,11 @@ class Aggregator:
         self.spec = cfg.job.spec
         self.events = events
         self.incarnation = incarnation
-        self.key_epoch = KEY_EPOCH
         self.outcome_delivered = False  # every live site was told the job's end, or the linger ran out
-        self.signer = Signer(cfg.pki.id_key.read_bytes(), cfg.pki.id_cert.read_bytes())
+        rotation = self.spec.keys.rotation
+        self.rotation = RotationPolicy(rotation.every_rounds, rotation.grace_rounds)
+        self.keys = KeyRing(cfg.pki.keys_dir, AGGREGATOR)
+        self._rotation_pending_logged = False
         self.verifier = Verifier(cfg.pki.ca_cert.read_bytes())
         self.replay = ReplayGuard()
         self.cond = threading.Condition()
@@ -133,6 +136,8 @@ class Aggregator:
         self.version = latest.version
         self._model_bytes = wire_tensors.encode(self.state_tensors)
         self.history.rejected = {k: int(v) for k, v in saved.get("rejected", {}).items()}
+        self.epochs = EpochState.from_json(saved)  # the epoch only grows: a rollback keeps it
+        self.signer = self.keys.require(self.epochs.epoch)
         state = eng.EngineState(
             next_round=latest.round + 1,
             last_round_id=int(saved.get("last_round_id", 0)),
@@ -167,6 +172,43 @@ class Aggregator:
             next_round=state.next_round, last_round_id=state.last_round_id, mode=self.mode.info.name,
         )
         self.metrics.model_version.labels(self.metrics.job).set(self.version)
+        self.metrics.key_epoch.labels(self.metrics.job).set(self.epochs.epoch)
+
+    @property
+    def key_epoch(self) -> int:
+        return self.epochs.epoch
+
+    # -- key rotation ------------------------------------------------------------------------------
+
+    def _maybe_rotate(self, round_number: int) -> None:
+        """At a round boundary: rotate if it is due and the next epoch's key is in the key directory
+        (the rules: :mod:`fedsec.protocol.key_epochs`). Call with ``self.cond`` held."""
+        if not self.epochs.due(self.rotation):
+            return
+        nxt = self.epochs.epoch + 1
+        try:
+            signer = self.keys.signer(nxt)
+        except IdentityError as exc:  # wrong material in our own Secret: keep the valid key, say so
+            log.error("cannot rotate to key epoch %d: %s", nxt, exc)
+            signer = None
+        if signer is None:
+            if not self._rotation_pending_logged:
+                log.warning("key rotation to epoch %d is due, but its key is not in %s yet; round %d runs in "
+                            "epoch %d", nxt, self.cfg.pki.keys_dir, round_number, self.epochs.epoch)
+                self._rotation_pending_logged = True
+            return
+        previous = self.epochs.epoch
+        self.epochs = self.epochs.rotated()
+        self.signer = signer
+        self.keys.forget_below(self.epochs.epoch)
+        self._rotation_pending_logged = False
+        self.audit.append("key-rotated", sync=True, from_epoch=previous, to_epoch=self.epochs.epoch,
+                          round=round_number, grace_rounds=self.rotation.grace_rounds)
+        self.metrics.key_epoch.labels(self.metrics.job).set(self.epochs.epoch)
+        self.metrics.key_rotations.labels(self.metrics.job).inc()
+        self.events.emit("key_epoch", epoch=self.epochs.epoch, round=round_number)
+        log.info("rotated to key epoch %d before round %d; epoch %d verifies for %d more round(s)",
+                 self.epochs.epoch, round_number, previous, self.rotation.grace_rounds)
 
     # -- rollback ---------------------------------------------------------------------------------
 
@@ -206,7 +248,7 @@ class Aggregator:
             except DecodeError:
                 raise Rejected("malformed", "not a fedsec envelope") from None
             opened = open_envelope(
-                env, self.verifier, job_uid=self.cfg.job_uid, key_epochs=frozenset({KEY_EPOCH}),
+                env, self.verifier, job_uid=self.cfg.job_uid, key_epochs=self.epochs.accepted(self.rotation),
                 recipient=AGGREGATOR, replay=self.replay, now_ms=now_ms, max_bytes=self.spec.max_message_bytes,
             )
             sender, phase, nonce = opened.header.sender, opened.header.phase, opened.header.nonce
@@ -321,7 +363,8 @@ class Aggregator:
     def _apply(self, effects: list[eng.Effect]) -> None:
         for e in effects:
             if isinstance(e, eng.RoundStarted):
-                self._save_engine()  # the round id must be on disk before any task carries it
+                self._maybe_rotate(e.round_number)  # before the round's first task is signed
+                self._save_engine()  # the round id (and key epoch) must be on disk before any task carries it
                 self._accepted_this_round = 0
                 self.metrics.participants.labels(self.metrics.job).set(len(e.participants))
                 self.audit.append("round-started", round=e.round_number, round_id=e.round_id, kind=e.kind,
@@ -364,10 +407,13 @@ class Aggregator:
                 "participants": list(e.participants), "contributors": list(agg.contributors),
                 "total_weight": agg.total_weight, "metrics": holdout, "site_metrics": site_metrics,
                 "seconds": round(e.seconds, 3), "audit_head": self.audit.head, "committed_at": time.time(),
+                "key_epoch": self.epochs.epoch,
             },
         )
         self.version = cp.version
         self._model_bytes = wire_tensors.encode(self.state_tensors)
+        if e.kind == eng.TRAIN:
+            self.epochs = self.epochs.committed()
         self._save_engine()
         self.store.prune(self.spec.checkpoints.keep)
         self.audit.append("round-committed", sync=True, round=e.round_number, round_id=e.round_id, kind=e.kind,
@@ -393,6 +439,7 @@ class Aggregator:
         self.store.save_engine({
             "last_round_id": s.last_round_id, "attempts_total": s.attempts_total, "status": s.status,
             "reason": s.reason, "rejected": self.history.rejected, "job_uid": self.cfg.job_uid,
+            **self.epochs.to_json(),
         })
 
     def _write_outputs(self) -> None:
@@ -451,7 +498,11 @@ def _peer_names(context: grpc.ServicerContext) -> frozenset[str]:
 
 
 def serve(cfg: AggregatorConfig, events: EventSink, incarnation: int = 0) -> int:
-    agg = Aggregator(cfg, events, incarnation)
+    try:
+        agg = Aggregator(cfg, events, incarnation)
+    except IdentityError as exc:
+        log.error("the aggregator cannot sign: %s", exc)
+        return exitcodes.CONFIG_ERROR
     n_workers = len(cfg.sites) + 8  # every live site may hold one long poll
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="rpc"),
@@ -481,6 +532,7 @@ def serve(cfg: AggregatorConfig, events: EventSink, incarnation: int = 0) -> int
     metrics_port = agg.metrics.serve(*_split_port(cfg.metrics_listen)) if cfg.metrics_listen else None
     server.start()
     events.emit("listening", port=port, metrics_port=metrics_port, pid=os.getpid())
+    events.emit("key_epoch", epoch=agg.key_epoch)  # a resumed run's launcher issues the next epoch's keys
     log.info("aggregator for %s listening on port %d (metrics on %s)", cfg.job.metadata.name, port, metrics_port)
     stop = threading.Event()
     terminated = threading.Event()
@@ -510,7 +562,9 @@ def _split_port(listen: str) -> tuple[int, str]:
 
 
 def main(config_path: Path, incarnation: int, listen: str | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: importing opacus installs a WARNING-level root handler, which would swallow our INFO lines
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
     cfg = AggregatorConfig.model_validate_json(config_path.read_text())
     if listen:
         cfg = cfg.model_copy(update={"listen": listen})

@@ -25,14 +25,16 @@ import torch
 
 from fedsec.aggregation.base import ClientProtocol, ClientUpdate, PeerIdentity, ProtocolRejection, RoundContext
 from fedsec.aggregation.registry import mode_for
+from fedsec.crypto.keyring import KeyRing
 from fedsec.crypto.pki import AGGREGATOR
-from fedsec.crypto.signing import Signer, Verifier
+from fedsec.crypto.signing import IdentityError, Signer, Verifier
 from fedsec.protocol.engine import STATS
 from fedsec.privacy.distributed import clip_and_noise
 from fedsec.privacy.site import BudgetExhausted, SitePrivacyGuard
+from fedsec.protocol.key_epochs import SiteEpochs
 from fedsec.protocol.rejections import Rejected
 from fedsec.runtime import exitcodes
-from fedsec.runtime.aggregator import KEY_EPOCH, METHOD, stats_specs
+from fedsec.runtime.aggregator import METHOD, stats_specs
 from fedsec.runtime.config import ClientConfig
 from fedsec.runtime.datasets import load_site_data
 from fedsec.training import data as tdata
@@ -44,6 +46,7 @@ from fedsec.wire.proto import round_pb2 as pb
 
 log = logging.getLogger("fedsec.client")
 CALL_TIMEOUT_SECONDS = 60.0  # above the aggregator's long poll
+KEY_POLL_SECONDS = 0.5  # how often to look for a rotated key that has not reached the key directory yet
 
 
 class AggregatorUnreachable(RuntimeError):
@@ -62,9 +65,13 @@ class SiteClient:
         self.name = cfg.site.metadata.name
         self.incarnation = incarnation
         spec = cfg.job.spec
-        self.signer = Signer(cfg.pki.id_key.read_bytes(), cfg.pki.id_cert.read_bytes())
-        if self.signer.name != self.name:
-            raise ValueError(f"identity certificate is for {self.signer.name!r}, not this site {self.name!r}")
+        self.keys = KeyRing(cfg.pki.keys_dir, self.name)
+        held = self.keys.epochs()
+        if not held:
+            raise ValueError(f"no identity key (id-<epoch>.crt and .key) in {cfg.pki.keys_dir}")
+        # Keys are issued from the aggregator's epoch on, so the oldest held is the oldest it may be in.
+        self.epochs = SiteEpochs(min(held))
+        self.signer = self._signer()
         self.verifier = Verifier(cfg.pki.ca_cert.read_bytes())
         self.mode = mode_for(spec.secure_aggregation)
         self.stats_mode = mode_for(spec.secure_aggregation, for_stats=True)
@@ -91,7 +98,6 @@ class SiteClient:
                     self.train_config, noise_multiplier=self.privacy.schedule.noise_multiplier,
                     max_grad_norm=spec.privacy.clipping_norm,
                 )
-        self.identity = PeerIdentity(self.name, self.signer.cert_der, self.signer.sign, self.verifier.verify_peer)
         self.channel = grpc.secure_channel(
             cfg.aggregator,
             grpc.ssl_channel_credentials(
@@ -122,9 +128,62 @@ class SiteClient:
         if len(self.val):
             evaluate(scratch, self.val)
 
+    # -- keys -------------------------------------------------------------------------------------
+
+    def _signer(self, current: Signer | None = None) -> Signer:
+        """The identity key to sign with now (the rule: :class:`fedsec.protocol.key_epochs.SiteEpochs`)."""
+        epoch = self.epochs.signing_epoch(self.keys.epochs())
+        signer = self.keys.signer(epoch) if epoch is not None else None
+        if signer is not None:
+            return signer
+        if current is not None:
+            return current  # caught mid-swap of the key volume: keep the key in hand, look again next time
+        raise IdentityError(f"no identity key in {self.cfg.pki.keys_dir}")
+
+    def _await_key(self, epoch: int) -> bool:
+        """Wait for the key of ``epoch`` to reach the key directory (a rotated Secret propagates to the
+        pod's volume with a delay); False when it did not come within the give-up time."""
+        deadline = time.monotonic() + self.cfg.give_up_seconds
+        log.info("the aggregator signs in key epoch %d; waiting for this site's key of that epoch", epoch)
+        while self.keys.signer(epoch) is None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(KEY_POLL_SECONDS)  # nothing to wait on: a volume update sends no signal
+        return True
+
+    def _peer_identity(self) -> PeerIdentity:
+        """This round's identity towards the other sites (secure aggregation's signed key adverts)."""
+        signer = self.signer
+
+        def verify(peer_id: str, cert_der: bytes, data: bytes, signature: bytes) -> bool:
+            try:
+                ident = self.verifier.verify(cert_der, data, signature)
+            except IdentityError:
+                return False
+            return ident.name == peer_id and ident.epoch in self.epochs.peers()
+
+        return PeerIdentity(self.name, signer.cert_der, signer.sign, verify)
+
     # -- transport --------------------------------------------------------------------------------
 
     def call(self, body: pb.Join | pb.Poll | pb.Contribution, round_id: int = 0, phase: str = "") -> pb.Reply | pb.Ack:
+        """Send ``body``; when the aggregator has moved to a key epoch we do not sign in yet, switch
+        to (or wait for) that epoch's key and send again."""
+        while True:
+            signed_in = self.signer.epoch
+            reply = self._call_once(body, round_id, phase)
+            if not (isinstance(reply, pb.Ack) and reply.reason == "wrong-epoch"):
+                return reply
+            wanted = self.epochs.aggregator
+            if wanted == signed_in:
+                return reply  # the aggregator refuses the epoch it signs in itself: nothing to switch to
+            if self.keys.signer(wanted) is None and not self._await_key(wanted):
+                log.error("the key of epoch %d did not reach %s within %gs", wanted, self.cfg.pki.keys_dir,
+                          self.cfg.give_up_seconds)
+                return reply
+            self.signer = self._signer(self.signer)
+
+    def _call_once(self, body: pb.Join | pb.Poll | pb.Contribution, round_id: int, phase: str) -> pb.Reply | pb.Ack:
         env = seal(self.signer, body, job_uid=self.cfg.job_uid, round_id=round_id, phase=phase, recipient=AGGREGATOR)
         while True:
             try:
@@ -148,14 +207,28 @@ class SiteClient:
         reply_env = pb.Envelope()
         reply_env.ParseFromString(raw)
         opened = open_envelope(
-            reply_env, self.verifier, job_uid=self.cfg.job_uid, key_epochs=frozenset({KEY_EPOCH}),
+            reply_env, self.verifier, job_uid=self.cfg.job_uid, key_epochs=self.epochs.accepted(),
             recipient=self.name, replay=None, now_ms=int(time.time() * 1000), max_bytes=2 * self.cfg.job.spec.max_message_bytes,
         )
         if opened.sender.name != AGGREGATOR:
             raise Rejected("forged-sender", f"reply signed by {opened.sender.name!r}, not the aggregator")
         if opened.header.in_reply_to != header.nonce:
             raise Rejected("replay", "reply does not answer the request just sent")
+        self._follow_epoch(opened.header.key_epoch)
         return opened.body  # type: ignore[return-value]
+
+    def _follow_epoch(self, epoch: int) -> None:
+        """The aggregator signed in ``epoch``: sign in it too from now on, once we hold its key."""
+        before = self.epochs.aggregator
+        self.epochs.saw(epoch)
+        if self.epochs.aggregator != before:
+            log.info("the aggregator rotated to key epoch %d", self.epochs.aggregator)
+        if self.signer.epoch != self.epochs.aggregator:
+            signer = self._signer(self.signer)
+            if signer.epoch != self.signer.epoch:
+                log.info("%s signs in key epoch %d now", self.name, signer.epoch)
+                self.signer = signer
+                self.keys.forget_below(signer.epoch)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -245,7 +318,7 @@ class SiteClient:
         )
         log.info("round %d (%s): prepared update in %.2fs", task.round_number, task.kind, time.monotonic() - started)
         mode = self.stats_mode if task.kind == STATS else self.mode
-        return mode.client(ctx, self.identity, update)
+        return mode.client(ctx, self._peer_identity(), update)
 
     def _private_update(self, task: pb.Task, global_state: dict[str, np.ndarray], specs: tuple) -> ClientUpdate | None:
         """Train under the job's privacy mechanism, or re-send the update already paid for; the spend
@@ -304,7 +377,9 @@ class SiteClient:
 
 
 def main(config_path: Path, incarnation: int) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # force: importing opacus installs a WARNING-level root handler, which would swallow our INFO lines
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
     torch.set_num_threads(1)  # many sites share few cores; one thread each avoids oversubscription
     cfg = ClientConfig.model_validate_json(config_path.read_text())
     try:

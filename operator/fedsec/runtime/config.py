@@ -22,8 +22,7 @@ class PkiPaths(BaseModel):
     ca_cert: Path
     tls_cert: Path
     tls_key: Path
-    id_cert: Path
-    id_key: Path
+    keys_dir: Path = Field(description="the identity keys by key epoch (id-<epoch>.crt/.key, fedsec.crypto.keyring)")
 
     @classmethod
     def under(cls, ca_cert: Path, directory: Path) -> PkiPaths:
@@ -31,8 +30,7 @@ class PkiPaths(BaseModel):
             ca_cert=ca_cert,
             tls_cert=directory / "tls.crt",
             tls_key=directory / "tls.key",
-            id_cert=directory / "id.crt",
-            id_key=directory / "id.key",
+            keys_dir=directory,
         )
 
 

@@ -28,13 +28,14 @@ from fedsec.api.errors import FieldError, ManifestError
 from fedsec.api.job import FederatedJob
 from fedsec.api.plan import JobPlan, plan_job
 from fedsec.api.scenario import Fault, Scenario
-from fedsec.crypto import pki
+from fedsec.crypto import keyring, pki
 from fedsec.runtime import exitcodes
 from fedsec.runtime.checkpoints import write_json_atomic
 from fedsec.runtime.config import AggregatorConfig, ClientConfig, PkiPaths
 from fedsec.runtime.progress import Display
 from fedsec.privacy.ledger import REFUSED, JobRef, SiteLedger, ledger_path
 from fedsec.privacy.report import privacy_section
+from fedsec.protocol.key_epochs import RotationPolicy, issued_epochs
 from fedsec.runtime.report import SUMMARY
 from fedsec.telemetry.metrics import write_privacy_textfile
 
@@ -51,6 +52,16 @@ class RunLayout:
     faults: list[Fault] = field(default_factory=list)
     ledger_dir: Path | None = None  # the sites' privacy ledgers (shared by runs)
     sites: tuple[FederatedClient, ...] = ()  # every site the selector matched, admitted or refused
+    ca: pki.CA | None = None  # held while the run lasts only when keys rotate
+
+    @property
+    def rotation(self) -> RotationPolicy:
+        r = self.job.spec.keys.rotation
+        return RotationPolicy(r.every_rounds, r.grace_rounds)
+
+    @property
+    def participants(self) -> list[str]:
+        return [pki.AGGREGATOR, *self.plan.site_names]
 
     @property
     def pki_dir(self) -> Path:
@@ -111,7 +122,9 @@ def prepare(manifests_dir: Path, run_dir: Path | None, job_name: str | None, fau
     _check_faults(faults, plan)
     matched = tuple(c for c in manifests.clients if c.metadata.name in set(plan.site_names) | set(plan.refused))
     layout = RunLayout(run_dir, job, plan, job_uid, faults, ledger_dir, matched)
-    if not marker.exists():
+    if marker.exists():
+        _load_run_ca(layout)
+    else:
         run_dir.mkdir(parents=True, exist_ok=True)
         issue_job_pki(layout, pki.new_ca(job.metadata.name))
         write_json_atomic(marker, {"job": job.metadata.name, "job_uid": job_uid, "manifests": str(manifests_dir.resolve()),
@@ -143,19 +156,45 @@ def _check_faults(faults: list[Fault], plan: JobPlan) -> None:
         raise ManifestError(errors)
 
 
+CA_KEY = "ca.key"
+
+
 def issue_job_pki(layout: RunLayout, ca: pki.CA) -> None:
     """Every participant's TLS and identity keys from the job CA (what the operator puts in Secrets).
 
-    The launcher does not keep the CA key: nothing is signed after this (rotation, issue 6, will).
+    Without key rotation the CA key is dropped here: nothing is signed after this. With rotation
+    the launcher signs each new epoch's keys as the run goes, so it keeps the CA, and writes its key
+    into the run directory (mode 0600, like the operator's CA Secret that no pod mounts) so that a
+    resumed run can go on rotating.
     """
     pki.write_public(layout.pki_dir / "ca.crt", ca.cert_pem)
-    for name, hosts in [(pki.AGGREGATOR, ["localhost", "127.0.0.1"])] + [(s, []) for s in layout.plan.site_names]:
+    if layout.rotation.rotates:
+        pki.write_private(layout.pki_dir / CA_KEY, pki.ca_key_pem(ca))
+        layout.ca = ca
+    for name in layout.participants:
         paths = layout.pki_paths(name)
-        tls, ident = pki.issue_tls(ca, name, hosts), pki.issue_signing(ca, name, epoch=0)
+        tls = pki.issue_tls(ca, name, ["localhost", "127.0.0.1"] if name == pki.AGGREGATOR else [])
         pki.write_private(paths.tls_key, tls.key_pem)
         pki.write_public(paths.tls_cert, tls.cert_pem)
-        pki.write_private(paths.id_key, ident.key_pem)
-        pki.write_public(paths.id_cert, ident.cert_pem)
+        for epoch in issued_epochs(0, layout.rotation):
+            for fname, data in keyring.identity_files(ca, name, epoch).items():  # the key file first
+                pki.write_private(paths.keys_dir / fname, data)
+
+
+def rotate_job_keys(layout: RunLayout, current: int) -> None:
+    """The aggregator is in key epoch ``current``: every participant gets the next epoch's key and
+    loses the ones before ``current`` (the operator does the same to the Secrets)."""
+    if layout.ca is None:
+        return
+    for name in layout.participants:
+        keyring.sync_directory(layout.pki_paths(name).keys_dir, layout.ca, name, issued_epochs(current, layout.rotation))
+
+
+def _load_run_ca(layout: RunLayout) -> None:
+    """A resumed run that rotates keys signs with the CA it was started with."""
+    key_path = layout.pki_dir / CA_KEY
+    if layout.rotation.rotates and key_path.exists():
+        layout.ca = pki.load_ca(key_path.read_bytes(), (layout.pki_dir / "ca.crt").read_bytes())
 
 
 def write_configs(layout: RunLayout, port: int | None) -> None:
@@ -305,6 +344,8 @@ class Launcher:
                 write_configs(self.layout, self.port)
                 for site in self.layout.plan.site_names:
                     self._start_client(site, 0)
+        if ev.get("event") == "key_epoch":
+            rotate_job_keys(self.layout, int(ev["epoch"]))
         self.display.event(ev)
         if ev.get("event") == "round_committed" and self.layout.job.spec.privacy.mechanism != "none":
             section = self._privacy()

@@ -109,6 +109,8 @@ class Display:
             self.note(f"round {ev['round']} attempt {ev['attempt']} discarded: {ev['reason']}")
         elif kind == "rollback":
             self.note(f"rolled back to round {ev['to_round']} (model version {ev['version']})")
+        elif kind == "key_epoch" and ev.get("round") is not None:
+            self.note(f"keys rotated: epoch {ev['epoch']} from round {ev['round']}")
         elif kind == "job_finished" and not self.quiet and self.progress is None:
             self.console.print(f"job {ev['status']}: {ev['reason']}")
 
@@ -129,6 +131,9 @@ class Display:
                 table.add_row("privacy", one_line(priv))
             for name, reason in sorted(priv.get("refused", {}).items()):
                 table.add_row("refused", f"{name}: {reason}")
+            keys = summary.get("keys") or {}
+            if keys.get("rotate_every_rounds"):
+                table.add_row("keys", f"epoch {keys['epoch']} (rotated every {keys['rotate_every_rounds']} rounds)")
             if summary.get("rejected_messages"):
                 table.add_row("rejected", ", ".join(f"{k}: {v}" for k, v in summary["rejected_messages"].items()))
             table.add_row("plot", summary["artifacts"]["plot"])

@@ -28,6 +28,7 @@ def build_summary(agg: Aggregator) -> dict[str, Any]:
             "metrics": m.get("metrics", {}),
             "site_metrics": m.get("site_metrics", {}),
             "seconds": m.get("seconds"),
+            "key_epoch": m.get("key_epoch", 0),
             **({"rollback_of": m["rollback_of"], "reason": m.get("reason")} if m.get("kind") == "rollback" else {}),
         }
         for m in metas
@@ -58,6 +59,8 @@ def build_summary(agg: Aggregator) -> dict[str, Any]:
         "history": history,
         "clients": {s: {"rounds_joined": joined.get(s, 0), "status": states.get(s, "unseen")} for s in sorted(joined)},
         "rejected_messages": dict(sorted(agg.history.rejected.items())),
+        "keys": {"epoch": agg.key_epoch, "rotate_every_rounds": agg.rotation.every_rounds,
+                 "grace_rounds": agg.rotation.grace_rounds},
         "secure_aggregation": {
             "mode": agg.mode.info.name,
             "server_sees_individual_updates": agg.mode.info.server_sees_individual_updates,

@@ -37,6 +37,8 @@ class AggregatorMetrics:
         )
         self.current_round = Gauge("fedsec_round", "Last committed round", labels, registry=self.registry)
         self.model_version = Gauge("fedsec_model_version", "Current model version", labels, registry=self.registry)
+        self.key_epoch = Gauge("fedsec_key_epoch", "Key epoch the aggregator signs in", labels, registry=self.registry)
+        self.key_rotations = Counter("fedsec_key_rotations_total", "Key rotations", labels, registry=self.registry)
         self.metric = Gauge(
             "fedsec_model_metric", "Holdout metric of the current model", labels + ["metric"], registry=self.registry
         )

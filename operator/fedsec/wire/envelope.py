@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError, Message
 
 from fedsec.crypto.signing import Identity, IdentityError, Signer, Verifier
+from fedsec.protocol.key_epochs import EpochWindow
 from fedsec.protocol.rejections import Rejected
 from fedsec.protocol.replay import ReplayGuard
 from fedsec.wire.proto import round_pb2 as pb
@@ -90,7 +91,7 @@ def open_envelope(
     verifier: Verifier,
     *,
     job_uid: str,
-    key_epochs: frozenset[int],
+    key_epochs: EpochWindow,
     recipient: str,
     replay: ReplayGuard | None,
     now_ms: int,
@@ -120,7 +121,7 @@ def open_envelope(
         raise Rejected(
             "wrong-epoch",
             f"message names key epoch {header.key_epoch} (certificate: {ident.epoch}); "
-            f"accepted epochs: {sorted(key_epochs)}",
+            f"accepted epochs: {key_epochs}",
         )
     if header.recipient != recipient:
         raise Rejected("wrong-recipient", f"message is addressed to {header.recipient!r}")

@@ -104,7 +104,7 @@ def test_invalid_manifest_names_its_field(tmp_path: Path, doc: dict[str, Any], f
     [
         (with_(JOB, "spec.secureAggregation", {"mode": "he-ckks"}), "spec.secureAggregation.mode", "not implemented in this release"),
         (with_(JOB, "spec.defense", {"rule": "krum"}), "spec.defense.rule", "not implemented in this release"),
-        (with_(JOB, "spec.keys", {"rotation": {"everyRounds": 5}}), "spec.keys.rotation.everyRounds", "not implemented"),
+        (with_(JOB, "spec.keys", {"source": "pkcs11"}), "spec.keys.source", "not implemented"),
         (with_(JOB, "spec.quorum", {"minClients": 3}), "spec.quorum.minClients", "needs 3 clients but the selector admits only 1"),
         (with_(JOB, "spec.clients.selector", {"matchLabels": {"study": "other"}}), "spec.clients.selector", "selects none"),
         (with_(JOB, "spec.evaluation", {"holdout": {"builtin": {"name": "breast-cancer", "seed": 7}}}), "spec.data.builtin", "could overlap the holdout"),

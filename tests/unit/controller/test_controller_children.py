@@ -219,8 +219,8 @@ def test_aggregator_config_round_trips() -> None:
     assert cfg.listen == "0.0.0.0:7443" and cfg.metrics_listen == "0.0.0.0:9090"
     assert cfg.state_dir == Path("/var/lib/fedsec/state")
     assert cfg.pki.ca_cert == Path("/etc/fedsec/pki/ca.crt")
-    assert {p.name for p in (cfg.pki.tls_cert, cfg.pki.tls_key, cfg.pki.id_cert, cfg.pki.id_key)} <= set(ch.PKI_FILES)
-    assert {p.parent for p in (cfg.pki.tls_cert, cfg.pki.tls_key, cfg.pki.id_cert, cfg.pki.id_key)} == {Path("/etc/fedsec/pki")}
+    assert {p.name for p in (cfg.pki.tls_cert, cfg.pki.tls_key)} <= set(ch.PKI_FILES)
+    assert {p.parent for p in (cfg.pki.tls_cert, cfg.pki.tls_key)} | {cfg.pki.keys_dir} == {Path("/etc/fedsec/pki")}
     assert AggregatorConfig.model_validate_json(text).model_dump_json(by_alias=True, indent=1) == text
     assert json.loads(text)["job"]["spec"]["secureAggregation"]["mode"] == "secagg"  # the wire's camelCase
 
@@ -233,6 +233,6 @@ def test_client_config_round_trips_with_the_fqdn_aggregator() -> None:
     assert cfg.aggregator == "breast-cancer-aggregator.research.svc.corp.example:7443"
     assert cfg.server_name == "aggregator"
     assert cfg.ledger_dir == Path("/var/lib/fedsec/ledger")
-    assert cfg.pki.ca_cert == Path("/etc/fedsec/pki/ca.crt") and cfg.pki.id_key == Path("/etc/fedsec/pki/id.key")
+    assert cfg.pki.ca_cert == Path("/etc/fedsec/pki/ca.crt") and cfg.pki.keys_dir == Path("/etc/fedsec/pki")
     assert ClientConfig.model_validate_json(text).model_dump_json(by_alias=True, indent=1) == text
     assert ch.aggregator_address(NAMES, "research", ch.Settings()) == "breast-cancer-aggregator.research.svc.cluster.local"

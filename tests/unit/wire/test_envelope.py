@@ -8,6 +8,7 @@ from fedsec.crypto import pki
 from fedsec.crypto.signing import Signer, Verifier
 from fedsec.protocol.rejections import Rejected
 from fedsec.protocol.replay import ReplayGuard
+from fedsec.protocol.key_epochs import EpochWindow
 from fedsec.wire.envelope import open_envelope, seal
 from fedsec.wire.proto import round_pb2 as pb
 
@@ -25,7 +26,7 @@ def signer(ca: pki.CA, name: str, epoch: int = 0) -> Signer:
 
 
 def open_(env: pb.Envelope, ca: pki.CA, replay: ReplayGuard | None = None, **kw: object):
-    args = dict(job_uid="job-1", key_epochs=frozenset({0}), recipient="aggregator", replay=replay, now_ms=NOW, max_bytes=1 << 20)
+    args = dict(job_uid="job-1", key_epochs=EpochWindow(0, 0), recipient="aggregator", replay=replay, now_ms=NOW, max_bytes=1 << 20)
     args.update(kw)
     return open_envelope(env, Verifier(ca.cert_pem), **args)  # type: ignore[arg-type]
 
@@ -80,7 +81,7 @@ def test_signature_by_one_site_claiming_another_is_refused(ca: pki.CA) -> None:
     ("kw", "expected"),
     [
         ({"job_uid": "job-2"}, "wrong-job"),
-        ({"key_epochs": frozenset({1})}, "wrong-epoch"),
+        ({"key_epochs": EpochWindow(1, 1)}, "wrong-epoch"),
         ({"recipient": "someone-else"}, "wrong-recipient"),
         ({"max_bytes": 64}, "oversized"),
     ],
