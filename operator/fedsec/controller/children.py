@@ -15,10 +15,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from fedsec.api.client import FederatedClient
 from fedsec.api.job import FederatedJob
+from fedsec.crypto import keyring
 from fedsec.controller.names import (
     GRPC_PORT, METRICS_PORT, OPERATOR_POD_LABEL, ROLE_AGGREGATOR, ROLE_CLIENT, JobNames, ledger_claim,
 )
@@ -79,6 +80,20 @@ def secret(name: str, namespace: str, labels: dict[str, str], owner: Owner | Non
            immutable: bool = True) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(name, namespace, labels, owner),
             "type": "Opaque", "immutable": immutable, "data": {k: b64(v) for k, v in sorted(files.items())}}
+
+
+def identity_patch(keys: Iterable[str], wanted: frozenset[int],
+                   issue: Callable[[int], dict[str, bytes]]) -> dict[str, Any] | None:
+    """The merge patch that brings a participant Secret holding ``keys`` to the identity keys of the
+    ``wanted`` epochs: the missing epochs added (``issue`` makes one epoch's files), the older ones
+    removed (null deletes a key); None when it holds them already."""
+    held = keyring.epochs_in(keys)
+    data: dict[str, str | None] = {}
+    for epoch in sorted(wanted - held):
+        data.update({k: b64(v) for k, v in issue(epoch).items()})
+    for epoch in sorted(keyring.stale_epochs(held, wanted)):
+        data.update({keyring.cert_file(epoch): None, keyring.key_file(epoch): None})
+    return {"data": data} if data else None
 
 
 def config_map(name: str, namespace: str, labels: dict[str, str], owner: Owner | None, files: dict[str, str]) -> dict[str, Any]:

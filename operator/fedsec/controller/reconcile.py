@@ -284,14 +284,10 @@ class JobReconciler:
             # The identity keys change at every rotation; the operator's admin key never does.
             self.kube.ensure(ch.secret(secret_name, ns, labels, owner, files, immutable=identities is None))
         elif identities is not None:
-            held = keyring.epochs_in((existing.get("data") or {}).keys())
-            data: dict[str, str | None] = {}
-            for epoch in sorted(identities - held):
-                data.update({k: ch.b64(v) for k, v in keyring.identity_files(ca, cn, epoch).items()})
-            for epoch in keyring.stale_epochs(held, identities):
-                data.update({keyring.cert_file(epoch): None, keyring.key_file(epoch): None})
-            if data:
-                self.kube.patch("v1", "Secret", secret_name, ns, {"data": data})
+            patch = ch.identity_patch((existing.get("data") or {}).keys(), identities,
+                                      lambda epoch: keyring.identity_files(ca, cn, epoch))
+            if patch is not None:
+                self.kube.patch("v1", "Secret", secret_name, ns, patch)
                 log.info("identity keys of %s in Secret %s/%s: epochs %s", cn, ns, secret_name, sorted(identities))
         cache.ensured.add(key)
         if identities is not None:

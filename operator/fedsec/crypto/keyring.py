@@ -17,8 +17,8 @@ from typing import Iterable
 from fedsec.crypto import pki
 from fedsec.crypto.signing import IdentityError, Signer
 
-_CERT = re.compile(r"id-(\d{1,9})\.crt")
-_KEY = re.compile(r"id-(\d{1,9})\.key")
+_CERT = re.compile(r"id-(0|[1-9]\d{0,8})\.crt")  # canonical numbers only: id-02 is not id-2
+_KEY = re.compile(r"id-(0|[1-9]\d{0,8})\.key")
 
 
 def cert_file(epoch: int) -> str:

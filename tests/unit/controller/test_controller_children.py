@@ -236,3 +236,28 @@ def test_client_config_round_trips_with_the_fqdn_aggregator() -> None:
     assert cfg.pki.ca_cert == Path("/etc/fedsec/pki/ca.crt") and cfg.pki.keys_dir == Path("/etc/fedsec/pki")
     assert ClientConfig.model_validate_json(text).model_dump_json(by_alias=True, indent=1) == text
     assert ch.aggregator_address(NAMES, "research", ch.Settings()) == "breast-cancer-aggregator.research.svc.cluster.local"
+
+
+# -- identity keys at rotation -------------------------------------------------------------------
+
+def _issue(epoch: int) -> dict[str, bytes]:
+    return {f"id-{epoch}.key": f"key {epoch}".encode(), f"id-{epoch}.crt": f"cert {epoch}".encode()}
+
+
+def test_identity_patch_adds_the_next_epoch_and_retires_the_older() -> None:
+    held = ["ca.crt", "tls.crt", "tls.key", "id-0.crt", "id-0.key", "id-1.crt", "id-1.key"]
+    patch = ch.identity_patch(held, frozenset({1, 2}), _issue)
+    assert patch == {"data": {"id-2.key": ch.b64(b"key 2"), "id-2.crt": ch.b64(b"cert 2"),
+                              "id-0.crt": None, "id-0.key": None}}
+    assert ch.identity_patch(held, frozenset({0, 1}), _issue) is None  # holds them: no write
+
+
+def test_identity_patch_completes_a_half_written_epoch_and_keeps_newer_ones() -> None:
+    patch = ch.identity_patch(["tls.key", "id-3.crt", "id-5.crt", "id-5.key"], frozenset({3, 4}), _issue)
+    assert patch is not None
+    assert set(patch["data"]) == {"id-3.key", "id-3.crt", "id-4.key", "id-4.crt"}  # nothing of epoch 5 removed
+
+
+def test_participant_secrets_are_mutable_only_where_keys_rotate() -> None:
+    assert ch.secret("s", "ns", {}, None, {"a": b"1"})["immutable"] is True
+    assert ch.secret("s", "ns", {}, None, {"a": b"1"}, immutable=False)["immutable"] is False

@@ -21,7 +21,7 @@ def obs(**kw: Any) -> Observation:
 
 
 def keyed(**kw: Any) -> Observation:
-    return obs(keys_ready=True, keys_message="CA and keys issued (epoch 0)", **kw)
+    return obs(keys_ready=True, keys_message="CA and keys issued", **kw)
 
 
 def agg(**kw: Any) -> dict[str, Any]:
@@ -95,7 +95,7 @@ def test_messages_of_each_phase() -> None:
     assert c["KeysReady"]["message"] == "issuing the job's keys"
     assert c["Stalled"]["message"] == ""
     c = conds(job_status(PHASES["waiting"], {}, now=T0))
-    assert c["KeysReady"]["message"] == "CA and keys issued (epoch 0)"
+    assert c["KeysReady"]["message"] == "CA and keys issued"
     c = conds(job_status(PHASES["running"], {}, now=T0))
     assert c["Ready"]["message"] == "round 4 of 20"
     assert c["QuorumMet"]["message"] == "2 of 3 admitted clients connected; a round needs 2"
@@ -235,3 +235,32 @@ def test_nothing_changed_no_event(case: str) -> None:
     second = job_status(PHASES[case], first, now=T1)
     assert second["conditions"] == first["conditions"]  # times kept too
     assert transitions(first, second) == []
+
+
+# -- key epochs ------------------------------------------------------------------------------------
+
+ROTATION = {"everyRounds": 5, "graceRounds": 1, "roundsInEpoch": 2, "due": False, "acceptedEpochs": "1 to 2"}
+
+
+def test_keys_ready_names_the_epoch_and_the_next_rotation() -> None:
+    running = keyed(sites_ready=3, aggregator_started=True)
+    c = conds(job_status(keyed(sites_ready=3, aggregator_started=True, aggregator=agg(keyEpoch=0)), {}, now=T0))
+    assert c["KeysReady"]["message"] == "CA and keys issued; key epoch 0, no rotation"
+    running.aggregator = agg(keyEpoch=2, keyRotation=ROTATION)
+    s = job_status(running, {}, now=T0)
+    assert s["keyEpoch"] == 2 and s["keyRotation"] == ROTATION
+    assert conds(s)["KeysReady"]["message"] == (
+        "CA and keys issued; key epoch 2, 2 of 5 rounds before the next rotation; messages verify in epoch 1 to 2")
+    running.aggregator = agg(keyEpoch=2, keyRotation={**ROTATION, "roundsInEpoch": 5, "due": True})
+    c = conds(job_status(running, {}, now=T0))
+    assert c["KeysReady"]["status"] == "True" and "rotation to epoch 3 is due" in c["KeysReady"]["message"]
+
+
+def test_a_rotation_is_a_normal_event_and_the_epoch_stays_when_the_aggregator_is_away() -> None:
+    running = keyed(sites_ready=3, aggregator_started=True, aggregator=agg(keyEpoch=3, keyRotation=ROTATION))
+    prior = job_status(keyed(sites_ready=3, aggregator_started=True, aggregator=agg(keyEpoch=2)), {}, now=T0)
+    new = job_status(running, prior, now=T1)
+    assert ("Normal", "KeysRotated", "key epoch 2 -> 3; the previous epoch verifies for 1 more round(s)") in transitions(prior, new)
+    away = job_status(keyed(sites_ready=3, aggregator_started=True, aggregator_error="UNAVAILABLE"), new, now=T1)
+    assert away["keyEpoch"] == 3 and away["keyRotation"] == ROTATION
+    assert not [t for t in transitions(new, away) if t[1] == "KeysRotated"]
