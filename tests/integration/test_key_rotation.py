@@ -99,6 +99,10 @@ def _send(port: int, tls_dir: Path, ca_pem: bytes, raw: bytes) -> pb.Ack | pb.Re
     with grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", "aggregator")]) as ch:
         env = pb.Envelope.FromString(ch.unary_unary(METHOD)(raw, timeout=30))
     header = pb.Header.FromString(env.header)
+    request = pb.Header.FromString(pb.Envelope.FromString(raw).header)
+    # Even a refusal answers the request by name and nonce: a site in an old epoch must be able to
+    # verify it, learn the aggregator's epoch from it, and send again.
+    assert (header.recipient, header.in_reply_to) == (request.sender, request.nonce), header
     body: pb.Ack | pb.Reply = pb.Reply() if header.body_type == "Reply" else pb.Ack()
     body.ParseFromString(env.body)
     return body

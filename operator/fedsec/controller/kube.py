@@ -63,6 +63,15 @@ class Kube:
         existing = self.get(manifest["apiVersion"], manifest["kind"], m["name"], m["namespace"])
         if existing is None:  # deleted between the conflict and the read: the next pass creates it
             raise RuntimeError(f"{manifest['kind']} {m['namespace']}/{m['name']} vanished while being created")
+        # A job deleted and applied again under its name (a GitOps re-sync) meets its predecessor's
+        # children on their way out: adopting one would leave the new job without it once it is gone.
+        what = f"{manifest['kind']} {m['namespace']}/{m['name']}"
+        if existing["metadata"].get("deletionTimestamp"):
+            raise RuntimeError(f"{what} of an earlier object of that name is still being deleted; retrying")
+        mine, theirs = _controller_uid(manifest), _controller_uid(existing)
+        if mine and theirs and mine != theirs:
+            raise RuntimeError(f"{what} belongs to another owner (uid {theirs}), not this one ({mine}); "
+                               "if that owner was deleted, garbage collection removes it shortly")
         return existing, False
 
     def patch(self, api_version: str, kind: str, name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -118,3 +127,8 @@ def _now() -> Any:
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc)
+
+
+def _controller_uid(obj: dict[str, Any]) -> str | None:
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return next((r.get("uid") for r in refs if r.get("controller")), None)

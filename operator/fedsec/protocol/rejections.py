@@ -24,7 +24,12 @@ REASONS = (
 
 
 class Rejected(Exception):
-    """A message broke a rule. ``reason`` is one of :data:`REASONS`; ``detail`` is for people."""
+    """A message broke a rule. ``reason`` is one of :data:`REASONS`; ``detail`` is for people.
+    ``sender`` and ``nonce`` name the request when its signature verified before the rule broke: the
+    refusal can then answer it (a site in an old key epoch learns the new epoch from the answer)."""
+
+    sender: str = ""
+    nonce: bytes = b""
 
     def __init__(self, reason: str, detail: str) -> None:
         assert reason in REASONS, reason

@@ -257,6 +257,8 @@ class Aggregator:
                 raise Rejected("peer-mismatch", f"signed by {sender!r} but the TLS peer is {sorted(peer_names)}")
             reply = self._dispatch(sender, opened.header, opened.body)
         except Rejected as rej:
+            if not sender and rej.sender in peer_names:  # authenticated, over its own channel: answer it
+                sender, nonce = rej.sender, rej.nonce
             reply = self._rejected(rej, sender, round_id, phase)
         except Exception:
             # A bug, not bad input (bad input raises Rejected). The engine may be ahead of what is on

@@ -115,28 +115,33 @@ def open_envelope(
         raise Rejected("bad-signature", str(exc)) from None
     if not hmac.compare_digest(header.sender.encode(), ident.name.encode()):
         raise Rejected("forged-sender", f"envelope claims sender {header.sender!r} but is signed by {ident.name!r}")
-    if header.job_uid != job_uid:
-        raise Rejected("wrong-job", f"message is for job {header.job_uid!r}, this is {job_uid!r}")
-    if header.key_epoch != ident.epoch or header.key_epoch not in key_epochs:
-        raise Rejected(
-            "wrong-epoch",
-            f"message names key epoch {header.key_epoch} (certificate: {ident.epoch}); "
-            f"accepted epochs: {key_epochs}",
-        )
-    if header.recipient != recipient:
-        raise Rejected("wrong-recipient", f"message is addressed to {header.recipient!r}")
-    if len(header.nonce) != NONCE_BYTES:
-        raise Rejected("malformed", f"nonce must be {NONCE_BYTES} bytes")
-    if not hmac.compare_digest(hashlib.sha256(body_bytes).digest(), header.body_sha256):
-        raise Rejected("malformed", "body does not match the signed hash")
-    body_cls = BODY_TYPES.get(header.body_type)
-    if body_cls is None:
-        raise Rejected("malformed", f"unknown body type {header.body_type!r}")
-    body = body_cls()
     try:
-        body.ParseFromString(body_bytes)
-    except DecodeError:
-        raise Rejected("malformed", f"{header.body_type} body does not parse") from None
+        if header.job_uid != job_uid:
+            raise Rejected("wrong-job", f"message is for job {header.job_uid!r}, this is {job_uid!r}")
+        if header.key_epoch != ident.epoch or header.key_epoch not in key_epochs:
+            raise Rejected(
+                "wrong-epoch",
+                f"message names key epoch {header.key_epoch} (certificate: {ident.epoch}); "
+                f"accepted epochs: {key_epochs}",
+            )
+        if header.recipient != recipient:
+            raise Rejected("wrong-recipient", f"message is addressed to {header.recipient!r}")
+        if len(header.nonce) != NONCE_BYTES:
+            raise Rejected("malformed", f"nonce must be {NONCE_BYTES} bytes")
+        if not hmac.compare_digest(hashlib.sha256(body_bytes).digest(), header.body_sha256):
+            raise Rejected("malformed", "body does not match the signed hash")
+        body_cls = BODY_TYPES.get(header.body_type)
+        if body_cls is None:
+            raise Rejected("malformed", f"unknown body type {header.body_type!r}")
+        body = body_cls()
+        try:
+            body.ParseFromString(body_bytes)
+        except DecodeError:
+            raise Rejected("malformed", f"{header.body_type} body does not parse") from None
+    except Rejected as rej:
+        # Signed by who it says: the refusal may answer this request, by its sender and nonce.
+        rej.sender, rej.nonce = ident.name, header.nonce
+        raise
     if replay is not None:
         replay.check(header.sender, header.nonce, header.issued_at_ms, now_ms)
     return Opened(header=header, body=body, sender=ident)

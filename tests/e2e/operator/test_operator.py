@@ -310,3 +310,51 @@ def test_a_sites_own_file_on_its_volume_is_mounted_read_only_and_trained_on(
     assert vol["persistentVolumeClaim"] == {"claimName": "site-data", "readOnly": True}
     mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "data")
     assert mount["readOnly"] is True
+
+
+def test_keys_rotate_through_the_secrets_and_the_epoch_shows_in_status(
+        operator_release: Release, kubectl: Kubectl, namespaces: Namespaces) -> None:
+    # Many local epochs make a round last a fraction of a second, so the job runs for several
+    # seconds: time for the operator to see rotations and write later epochs' keys into the Secrets
+    # (epoch 1's keys come with the job; epoch 2's only from the operator, mid-run) and for the
+    # pods' Secret volumes to follow. No grace: a site still signing in the old epoch is refused
+    # and must switch to the new key without a restart.
+    rounds = 40
+    job_ns, site_nss = small_study(
+        kubectl, namespaces, sites=3, rounds=rounds, name="rotate",
+        job_spec={"keys": {"rotation": {"everyRounds": 2, "graceRounds": 0}},
+                  "task": {**JOB["spec"]["task"], "localEpochs": 100}})
+    uid = fj(kubectl, job_ns, "rotate")["metadata"]["uid"]
+
+    def epochs_in_secret(ns: str, name: str) -> set[int]:
+        data = kubectl.json("get", "secret", name, "-n", ns).get("data") or {}
+        return {int(k[3:-4]) for k in data if k.startswith("id-") and k.endswith(".crt")}
+
+    s = wait_until("key epoch 2 in status", lambda: (lambda st: st if st.get("keyEpoch", 0) >= 2 else None)(
+        status_of(kubectl, job_ns, "rotate")), 300, 0.5)
+    assert s["keyRotation"]["everyRounds"] == 2 and s["keyRotation"]["graceRounds"] == 0
+    final = wait_phase(kubectl, job_ns, "rotate", ("Succeeded",), 300)
+    assert final["round"] == rounds and final["keyEpoch"] >= 2  # no round lost to a rotation
+    assert final["metrics"]["auc"] >= 0.9, final["metrics"]
+    keys_ready = condition(final, "KeysReady")
+    assert keys_ready["status"] == "True" and f"key epoch {final['keyEpoch']}" in keys_ready["message"]
+    epoch = final["keyEpoch"]
+    # Every participant's Secret holds the current epoch and the next; the older ones are retired.
+    secrets = [(x["metadata"]["namespace"], x["metadata"]["name"])
+               for x in kubectl.json("get", "secrets", "-A", "-l", f"fedsec.io/job-uid={uid}")["items"]
+               if x["metadata"]["name"].endswith("-pki") and "operator" not in x["metadata"]["name"]]
+    assert sorted(ns for ns, _ in secrets) == sorted([job_ns, *site_nss]), secrets  # the aggregator's and each site's
+    for ns, name in secrets:
+        wait_until(f"Secret {ns}/{name} to hold epochs {epoch} and {epoch + 1}",
+                   lambda ns=ns, name=name: epochs_in_secret(ns, name) == {epoch, epoch + 1}, 30, 0.5)
+    events = kubectl.json("get", "events", "-n", job_ns, "--field-selector", "involvedObject.kind=FederatedJob")["items"]
+    rotated = [e["message"] for e in events if e["reason"] == "KeysRotated"]
+    assert rotated and any(f"-> {epoch};" in m for m in rotated), rotated
+    for ns in site_nss:  # every site ran to the end in its one pod: no client restarted for a rotation
+        def finished(ns: str = ns) -> list[dict[str, Any]]:
+            pods = [p for p in client_pods(kubectl, uid) if p["metadata"]["namespace"] == ns]
+            return pods if all(p["status"].get("phase") in ("Succeeded", "Failed") for p in pods) else []
+
+        pods = wait_until(f"the client pod in {ns} to finish", finished, 120, 1.0)
+        assert [p["status"]["phase"] for p in pods] == ["Succeeded"], pods
+        assert pods[0]["status"]["containerStatuses"][0]["restartCount"] == 0

@@ -103,3 +103,14 @@ def test_garbage_fields_are_malformed(ca: pki.CA) -> None:
     assert reason(pb.Envelope(header=b"\xff\xff\xff", body=env.body, signature=env.signature, signer_cert=env.signer_cert), ca) == "malformed"
     assert reason(pb.Envelope(header=env.header, body=env.body), ca) == "malformed"
     assert reason(pb.Envelope(header=env.header, body=env.body, signature=env.signature, signer_cert=b"not der"), ca) == "bad-signature"
+
+
+def test_a_refusal_after_the_signature_names_the_request_and_one_before_does_not(ca: pki.CA) -> None:
+    env = sealed(signer(ca, "site-a", epoch=1))
+    with pytest.raises(Rejected) as exc:
+        open_(env, ca, key_epochs=EpochWindow(2, 2))
+    assert exc.value.reason == "wrong-epoch" and "accepted epochs: 2" in exc.value.detail
+    assert (exc.value.sender, exc.value.nonce) == ("site-a", pb.Header.FromString(env.header).nonce)
+    with pytest.raises(Rejected) as exc:
+        open_(sealed(signer(pki.new_ca("evil"), "site-a")), ca)
+    assert exc.value.reason == "bad-signature" and (exc.value.sender, exc.value.nonce) == ("", b"")
