@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from fedsec.api.data import DataSource
 from fedsec.api.meta import API_VERSION, LabelSelector, ObjectMeta, Spec
+
+# An image reference as a pod spec names it (registry/repository:tag or @sha256:digest), where `*`
+# stands for any run of characters. No whitespace, no other glob characters: what a site writes
+# is what is compared.
+ImagePattern = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9*][A-Za-z0-9._/:@*+-]*$")]
 
 
 class SitePolicy(Spec):
@@ -26,8 +31,10 @@ class SitePolicy(Spec):
     require_dp: bool = Field(False, description="refuse jobs without differential privacy")
     accept_jobs: LabelSelector | None = Field(None, description="label selector over the jobs' labels (unset: any job)")
     accept_namespaces: list[str] = Field(default_factory=list, description="job namespaces the site accepts (empty: any)")
-    allowed_aggregator_images: list[str] = Field(
-        default_factory=list, description="aggregator images the site accepts (empty: any)"
+    allowed_aggregator_images: list[ImagePattern] = Field(
+        default_factory=list,
+        description="aggregator images the site accepts, as full references; '*' matches any run of characters "
+        "(empty: any). Checked against the operator's runtime image; local runs have no image",
     )
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fedsec.api.client import FederatedClient
 from fedsec.api.errors import FieldError, ManifestError
 from fedsec.api.job import FederatedJob
-from fedsec.api.support import unsupported_in_client, unsupported_in_job
+from fedsec.api.support import unsupported_in_job
 from fedsec.crypto.pki import AGGREGATOR, OPERATOR
 
 RESERVED_SITE_NAMES = frozenset({AGGREGATOR, OPERATOR})
@@ -24,6 +24,7 @@ class JobPlan:
     admitted: tuple[FederatedClient, ...]  # sorted by name
     refused: dict[str, str]  # site name -> reason, for sites the selector matched but that cannot join
     quorum: int  # least updates a round commits with
+    aggregator_image: str | None = None  # the image the sites admitted the aggregator under (None: local run)
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -38,27 +39,27 @@ def select_clients(job: FederatedJob, clients: Sequence[FederatedClient]) -> lis
 
 
 def plan_job(
-    job: FederatedJob, clients: Sequence[FederatedClient], spent: Mapping[str, float] | None = None
+    job: FederatedJob, clients: Sequence[FederatedClient], spent: Mapping[str, float] | None = None,
+    *, aggregator_image: str | None = None,
 ) -> JobPlan:
     """Admit the selected sites and check the job can run with them; raise ManifestError if not.
 
-    A selected site whose terms the job does not meet (its policy, or its privacy budget given
-    ``spent``: epsilon other jobs already spent on each site, from the sites' ledgers) is refused
-    with the reason in ``JobPlan.refused``; the quorum is computed over the admitted sites.
+    A selected site whose terms the job does not meet (its policy, including the images it lets
+    run the aggregator, given ``aggregator_image``; or its privacy budget given ``spent``: epsilon
+    other jobs already spent on each site, from the sites' ledgers) is refused with the reason in
+    ``JobPlan.refused``; the quorum is computed over the admitted sites.
     """
     from fedsec.privacy.admission import refusal
 
     errors: list[FieldError] = list(unsupported_in_job(job))
     errors.extend(_privacy_consistency(job))
     matched = select_clients(job, clients)
-    for c in matched:
-        errors.extend(unsupported_in_client(c))
     refused: dict[str, str] = {}
     if matched:
         q_matched = job.spec.quorum.required(len(matched))
         for c in matched:
             reason = refusal(job, c, spent_elsewhere=(spent or {}).get(c.metadata.name, 0.0),
-                             quorum=q_matched, sites=len(matched))
+                             quorum=q_matched, sites=len(matched), aggregator_image=aggregator_image)
             if reason is not None:
                 refused[c.metadata.name] = reason
     selected = [c for c in matched if c.metadata.name not in refused]
@@ -109,7 +110,7 @@ def plan_job(
         errors.extend(_secagg_consistency(job, quorum, len(selected)))
     if errors:
         raise ManifestError(errors)
-    return JobPlan(job=job, admitted=tuple(selected), refused=refused, quorum=quorum)
+    return JobPlan(job=job, admitted=tuple(selected), refused=refused, quorum=quorum, aggregator_image=aggregator_image)
 
 
 def _privacy_consistency(job: FederatedJob) -> list[FieldError]:

@@ -6,7 +6,6 @@ This is the one table to edit when a feature lands.
 
 from __future__ import annotations
 
-from fedsec.api.client import FederatedClient
 from fedsec.api.errors import FieldError
 from fedsec.api.job import FederatedJob
 
@@ -39,13 +38,3 @@ def unsupported_in_job(job: FederatedJob) -> list[FieldError]:
         errors.append(_nyi("spec.keys.source", "source 'pkcs11'", ref, "use 'file' or 'secret'"))
     return errors
 
-
-def unsupported_in_client(client: FederatedClient) -> list[FieldError]:
-    s, ref = client.spec, client.ref
-    errors: list[FieldError] = []
-    if s.policy.allowed_aggregator_images:
-        errors.append(
-            _nyi("spec.policy.allowedAggregatorImages", "checking aggregator images", ref,
-                 "remove the field until the operator lands (local runs have no images)")
-        )
-    return errors

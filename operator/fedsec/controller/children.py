@@ -256,11 +256,12 @@ def network_policy(names: JobNames, namespace: str, owner: Owner, settings: Sett
     }
 
 
-def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, settings: Settings, *,
+def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, settings: Settings, *, image: str,
                           config_digest: str, replicas: int, holdout_claim: str | None = None) -> dict[str, Any]:
+    """``image``: the one the job's plan admitted the aggregator under (sites may restrict it)."""
     labels = names.labels(ROLE_AGGREGATOR)
     container = _runtime_container(
-        "aggregator", settings.runtime_image, settings, AGGREGATOR_CONFIG,
+        "aggregator", image, settings, AGGREGATOR_CONFIG,
         env={"MALLOC_ARENA_MAX": "2"},
         resources={"requests": {"cpu": "100m", "memory": "384Mi"}, "limits": {"memory": "2Gi"}},
         writable=("state", STATE_DIR),

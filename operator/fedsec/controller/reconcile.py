@@ -106,7 +106,7 @@ class JobReconciler:
         if plan is None:
             self._write(body, prior, obs)
             return IDLE_INTERVAL
-        admitted, quorum = plan
+        admitted, quorum, aggregator_image = plan
         obs.rounds = job.spec.rounds
         obs.quorum = quorum  # (obs.admitted: every admitted site's name, set by _plan)
 
@@ -139,8 +139,8 @@ class JobReconciler:
 
         deployment = self.kube.get("apps/v1", "Deployment", names.aggregator, ns)
         if deployment is None and obs.sites_ready >= quorum:
-            self.kube.ensure(ch.aggregator_deployment(names, ns, owner, self.settings, config_digest=digest, replicas=1,
-                                                      holdout_claim=ch.holdout_claim(job)))
+            self.kube.ensure(ch.aggregator_deployment(names, ns, owner, self.settings, image=aggregator_image,
+                                                      config_digest=digest, replicas=1, holdout_claim=ch.holdout_claim(job)))
             self._event(body, "Normal", "AggregatorCreated", f"{obs.sites_ready} of {len(admitted)} clients ready; "
                         f"the quorum is {quorum}: starting the aggregator")
             deployment = self.kube.get("apps/v1", "Deployment", names.aggregator, ns)
@@ -196,7 +196,8 @@ class JobReconciler:
         return out
 
     def _plan(self, body: dict[str, Any], job: FederatedJob, prior: dict[str, Any], clients: list[FederatedClient],
-              fc_bodies: dict[tuple[str, str], dict[str, Any]], obs: st.Observation) -> tuple[list[FederatedClient], int] | None:
+              fc_bodies: dict[tuple[str, str], dict[str, Any]], obs: st.Observation) -> tuple[list[FederatedClient], int, str] | None:
+        """The job's sites, quorum and aggregator image: decided once, recorded in status, read back after."""
         uid = body["metadata"]["uid"]
         recorded = prior.get("plan")
         if isinstance(recorded, dict) and recorded.get("uid") == uid:
@@ -206,19 +207,21 @@ class JobReconciler:
             admitted = [by_key[k] for k in recorded.get("admitted", []) if k in by_key]
             obs.admitted = [k.partition("/")[2] for k in recorded.get("admitted", [])]
             obs.refused = dict(recorded.get("refused", {}))
-            return admitted, int(recorded["quorum"])
+            # The image the sites admitted the aggregator under, even if the operator's setting
+            # changed since (a plan recorded before images were recorded: the setting).
+            return admitted, int(recorded["quorum"]), str(recorded.get("aggregatorImage") or self.settings.runtime_image)
         spent = {}
         for c in select_clients(job, clients):
             fc = fc_bodies.get((c.metadata.namespace, c.metadata.name), {})
             spent[c.metadata.name] = ledger_spent(fc, excluding=uid)
         try:
-            plan = plan_job(job, clients, spent)
+            plan = plan_job(job, clients, spent, aggregator_image=self.settings.runtime_image)
         except ManifestError as exc:
             obs.invalid = "; ".join(f"{e.path}: {e.message}" for e in exc.errors)
             return None
         obs.refused = dict(plan.refused)
         record = {"uid": uid, "admitted": [f"{c.metadata.namespace}/{c.metadata.name}" for c in plan.admitted],
-                  "refused": dict(plan.refused), "quorum": plan.quorum}
+                  "refused": dict(plan.refused), "quorum": plan.quorum, "aggregatorImage": self.settings.runtime_image}
         # Recorded before anything is created: see the module's docstring.
         self.kube.patch_status("federatedjobs", job.metadata.name, job.metadata.namespace,
                                {"plan": record, "phase": st.PENDING, "observedGeneration": obs.generation})
@@ -226,7 +229,7 @@ class JobReconciler:
         self._event(body, "Normal", "Planned", f"admitted {len(plan.admitted)} site(s), refused {len(plan.refused)}; "
                     f"a round needs {plan.quorum}" + "".join(f"; {n} refused: {r}" for n, r in sorted(plan.refused.items())))
         obs.admitted = list(plan.site_names)
-        return list(plan.admitted), plan.quorum
+        return list(plan.admitted), plan.quorum, self.settings.runtime_image
 
     # -- keys ----------------------------------------------------------------------------------
 

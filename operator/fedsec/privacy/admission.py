@@ -7,11 +7,16 @@ job runs on the others if its quorum still holds.
 What a job spends at a site, as planned, is its ``targetEpsilon``: the noise is calibrated so that
 the site's epsilon after every planned round is at most that. A job without differential privacy
 has unbounded epsilon, so a site with a budget or a per-job cap never admits one.
+
+The aggregator image is the one the operator will run the job's aggregator from; ``fedsec run`` has
+none (its aggregator is this installation's own process), so a site's image list does not apply there.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
+from collections.abc import Sequence
 
 from fedsec.api.client import FederatedClient
 from fedsec.api.job import FederatedJob
@@ -34,13 +39,27 @@ def least_survivors(job: FederatedJob, quorum: int, sites: int) -> tuple[float, 
     return t / max(sites, 1), max(quorum, t)
 
 
+def image_allowed(patterns: Sequence[str], image: str) -> bool:
+    """Whether ``image`` is one of ``patterns``: equal to one, or matching one where ``*`` stands for
+    any run of characters. References are compared as written: ``nginx`` is not
+    ``docker.io/library/nginx:latest``, and a tag is not its digest."""
+    # The model admits no '?' or '[' in a pattern, so fnmatch's only wildcard here is '*'.
+    return any(image == p or ("*" in p and fnmatch.fnmatchcase(image, p)) for p in patterns)
+
+
 def refusal(
-    job: FederatedJob, site: FederatedClient, *, spent_elsewhere: float, quorum: int, sites: int
+    job: FederatedJob, site: FederatedClient, *, spent_elsewhere: float, quorum: int, sites: int,
+    aggregator_image: str | None = None,
 ) -> str | None:
     """Why ``job`` cannot run at ``site`` (None: it can). ``spent_elsewhere`` is the epsilon other
-    jobs have spent on the site (its ledger); ``quorum`` and ``sites`` describe the job's rounds."""
+    jobs have spent on the site (its ledger); ``quorum`` and ``sites`` describe the job's rounds;
+    ``aggregator_image`` is the image the job's aggregator runs from (None: a local run, no image)."""
     pol, s = site.spec.policy, job.spec
     mech, mode = s.privacy.mechanism, s.secure_aggregation.mode
+    if pol.allowed_aggregator_images and aggregator_image is not None \
+            and not image_allowed(pol.allowed_aggregator_images, aggregator_image):
+        return (f"the site accepts aggregator images {pol.allowed_aggregator_images} only "
+                f"(policy.allowedAggregatorImages); this job's aggregator runs {aggregator_image!r}")
     if pol.accept_namespaces and job.metadata.namespace not in pol.accept_namespaces:
         return f"the site accepts jobs from namespaces {pol.accept_namespaces} only; the job is in {job.metadata.namespace!r}"
     if pol.accept_jobs is not None and not pol.accept_jobs.matches(job.metadata.labels):

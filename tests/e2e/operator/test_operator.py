@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from cluster_fixtures import ClusterInfo, Kubectl, wait_until
-from operator_install import Release, operator_pod_ready
+from operator_install import RUNTIME_IMAGE, Release, operator_pod_ready
 
 pytestmark = pytest.mark.cluster
 
@@ -236,16 +236,26 @@ def test_rollback_through_the_spec_shows_in_status_and_the_job_finishes_again(
 
 def test_refused_sites_and_unplannable_jobs_say_why_in_both_statuses(
         operator_release: Release, kubectl: Kubectl, namespaces: Namespaces, cluster: ClusterInfo) -> None:
-    # A site that requires differential privacy refuses a job without it; the others train.
-    job_ns, site_nss = small_study(kubectl, namespaces, sites=3, rounds=1, name="refuse")
-    strict = copy.deepcopy(CLIENT)
+    # A site that requires differential privacy refuses a job without it, and one that lets only
+    # another registry's images run the aggregator refuses the operator's; the others, which
+    # accept the chart's runtime image by a pattern, train.
+    job_ns, site_nss = small_study(kubectl, namespaces, sites=3, rounds=1, name="refuse",
+                                   client_spec={"policy": {"allowedAggregatorImages": [f"{RUNTIME_IMAGE}:*"]}})
     study = yaml.safe_load(kubectl("get", "fc", "site-0", "-n", site_nss[0], "-o", "yaml").stdout)["metadata"]["labels"]
+    strict = copy.deepcopy(CLIENT)
     strict["metadata"] = {"name": "strict-site", "labels": study}
     strict["spec"]["policy"] = {"requireDp": True}
-    # (applied after the job: the plan was possibly made already; a second job below sees it)
-    strict_ns = namespaces.new("refuse-strict")
+    pinned = copy.deepcopy(CLIENT)
+    pinned["metadata"] = {"name": "pinned-site", "labels": study}
+    pinned["spec"]["policy"] = {"allowedAggregatorImages": ["registry.hospital.example/fedsec-runtime@sha256:*"]}
+    # (applied after the job: the plan was possibly made already; a second job below sees them)
+    strict_ns, pinned_ns = namespaces.new("refuse-strict"), namespaces.new("refuse-pinned")
     kubectl.apply(yaml.safe_dump(strict), strict_ns)
-    wait_phase(kubectl, job_ns, "refuse", ("Succeeded",), 300)
+    kubectl.apply(yaml.safe_dump(pinned), pinned_ns)
+    first = wait_phase(kubectl, job_ns, "refuse", ("Succeeded",), 300)
+    assert {"site-0", "site-1", "site-2"} <= set(first["admitted"]), first
+    agg = kubectl.json("get", "deployments", "-n", job_ns, "-l", "fedsec.io/job=refuse")["items"][0]
+    assert agg["spec"]["template"]["spec"]["containers"][0]["image"] == f"{RUNTIME_IMAGE}:e2e"
 
     j = copy.deepcopy(JOB)
     j["metadata"] = {"name": "second"}
@@ -257,6 +267,9 @@ def test_refused_sites_and_unplannable_jobs_say_why_in_both_statuses(
     assert "strict-site" not in s["admitted"]
     row = kubectl.json("get", "fc", "strict-site", "-n", strict_ns)["status"]["jobs"][f"{job_ns}/second"]
     assert row["state"] == "Refused" and "differential privacy" in row["reason"]
+    assert "allowedAggregatorImages" in s["refused"]["pinned-site"] and f"{RUNTIME_IMAGE}:e2e" in s["refused"]["pinned-site"]
+    row = kubectl.json("get", "fc", "pinned-site", "-n", pinned_ns)["status"]["jobs"][f"{job_ns}/second"]
+    assert row["state"] == "Refused" and "allowedAggregatorImages" in row["reason"], row
 
     # A job whose quorum cannot be met: Failed, Stalled, and the field named.
     bad = copy.deepcopy(j)

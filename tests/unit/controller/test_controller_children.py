@@ -37,7 +37,7 @@ def _owner_ref(owner: ch.Owner) -> list[dict[str, object]]:
 
 @pytest.fixture
 def deployment() -> dict:
-    return ch.aggregator_deployment(NAMES, NS, OWNER, SETTINGS, config_digest="0123456789abcdef", replicas=1)
+    return ch.aggregator_deployment(NAMES, NS, OWNER, SETTINGS, image=SETTINGS.runtime_image, config_digest="0123456789abcdef", replicas=1)
 
 
 def test_deployment_identity_and_strategy(deployment: dict) -> None:
@@ -51,7 +51,7 @@ def test_deployment_identity_and_strategy(deployment: dict) -> None:
     assert spec["selector"] == {"matchLabels": AGG_SELECTOR}
     assert spec["template"]["metadata"]["labels"] == AGG_SELECTOR
     assert spec["template"]["metadata"]["annotations"] == {ch.CONFIG_HASH: "0123456789abcdef"}
-    assert ch.aggregator_deployment(NAMES, NS, OWNER, SETTINGS, config_digest="d", replicas=0)["spec"]["replicas"] == 0
+    assert ch.aggregator_deployment(NAMES, NS, OWNER, SETTINGS, image=SETTINGS.runtime_image, config_digest="d", replicas=0)["spec"]["replicas"] == 0
 
 
 def test_deployment_runs_unprivileged_without_a_token(deployment: dict) -> None:

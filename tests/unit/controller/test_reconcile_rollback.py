@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
-
 
 from fedsec.api.meta import API_VERSION
 from fedsec.controller import children as ch
@@ -15,61 +13,10 @@ from fedsec.controller.parse import parse_job
 from fedsec.controller.reconcile import JobReconciler
 
 from controller_bodies import JOB_UID, client_body, job_body
+from fake_kube import FakeKube
 
 SITES = ["hospital-01", "hospital-02"]
 KEPT = [0, 1, 2, 3, 4]
-
-
-def merge(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge(out.get(k), v)
-    return out
-
-
-class FakeKube:
-    """The calls JobReconciler makes, on dicts: create-or-adopt, get, merge patch, status, events."""
-
-    def __init__(self, clients: list[dict[str, Any]]) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.statuses: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.clients = clients
-        self.events: list[tuple[str, str, str]] = []
-
-    def get(self, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        o = self.objects.get((kind, namespace, name))
-        return copy.deepcopy(o) if o is not None else None
-
-    def ensure(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        key = (manifest["kind"], manifest["metadata"]["namespace"], manifest["metadata"]["name"])
-        if key in self.objects:
-            return copy.deepcopy(self.objects[key]), False
-        self.objects[key] = copy.deepcopy(manifest)
-        return copy.deepcopy(manifest), True
-
-    def patch(self, api_version: str, kind: str, name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        key = (kind, namespace, name)
-        self.objects[key] = merge(self.objects[key], body)
-        return copy.deepcopy(self.objects[key])
-
-    def patch_status(self, plural: str, name: str, namespace: str, status: dict[str, Any]) -> None:
-        key = (plural, namespace, name)
-        self.statuses[key] = merge(self.statuses.get(key, {}), status)
-
-    def list(self, api_version: str, kind: str, *, namespace: str | None = None,
-             label_selector: str | None = None) -> list[dict[str, Any]]:
-        return []  # no client pod runs: the job finished
-
-    def list_clients(self) -> list[dict[str, Any]]:
-        return copy.deepcopy(self.clients)
-
-    def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
-        self.events.append((type_, reason, message))
 
 
 def finished_job(to_round: int) -> tuple[FakeKube, dict[str, Any], JobNames]:
@@ -83,7 +30,7 @@ def finished_job(to_round: int) -> tuple[FakeKube, dict[str, Any], JobNames]:
     files = {ch.AGGREGATOR_CONFIG: ch.aggregator_config(before, JOB_UID, SITES, 2)}
     owner = ch.Owner(API_VERSION, "FederatedJob", "breast-cancer", JOB_UID)
     kube.ensure(ch.config_map(names.aggregator, ns, names.labels("aggregator"), owner, files))
-    kube.ensure(ch.aggregator_deployment(names, ns, owner, ch.Settings(), config_digest=ch.config_hash(files), replicas=0))
+    kube.ensure(ch.aggregator_deployment(names, ns, owner, ch.Settings(), image=ch.Settings().runtime_image, config_digest=ch.config_hash(files), replicas=0))
     body = job_body(generation=3, rollback={"toRound": to_round})
     body["status"] = {
         "phase": "Succeeded", "observedGeneration": 2, "aggregatorStopped": True, "round": 4, "roundsPlanned": 20,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from fedsec.api.errors import ManifestError
 from fedsec.api.plan import plan_job
@@ -69,3 +70,50 @@ def test_private_jobs_may_not_release_feature_statistics() -> None:
     with pytest.raises(ManifestError, match="secureAggregation.mode: secagg"):
         plan_job(job({"mechanism": "distributed-gaussian", "targetEpsilon": 2.0}, sa={"mode": "none"}),
                  [site("h0"), site("h1", shard=1)])
+
+
+RUNTIME = "ghcr.io/fedsec/fedsec-runtime:0.1.0"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "admitted"),
+    [
+        ([RUNTIME], True),
+        (["ghcr.io/fedsec/fedsec-runtime:*"], True),
+        (["registry.hospital.example/*", "ghcr.io/fedsec/*"], True),
+        (["ghcr.io/fedsec/fedsec-runtime:0.1"], False),  # a prefix is not a match
+        (["fedsec-runtime:0.1.0"], False),  # references are compared as written, not resolved
+        (["ghcr.io/fedsec/fedsec-runtime@sha256:*"], False),  # a tag is not a digest
+        (["GHCR.IO/fedsec/fedsec-runtime:0.1.0"], False),  # case matters, as in a pod spec
+    ],
+)
+def test_a_site_admits_only_the_aggregator_images_it_lists(allowed: list[str], admitted: bool) -> None:
+    s = site("h", policy={"allowedAggregatorImages": allowed})
+    reason = refusal(job(), s, spent_elsewhere=0.0, quorum=2, sites=4, aggregator_image=RUNTIME)
+    if admitted:
+        assert reason is None, reason
+    else:
+        assert reason is not None and "allowedAggregatorImages" in reason and repr(RUNTIME) in reason, reason
+
+
+def test_an_image_list_does_not_apply_where_there_is_no_image() -> None:
+    # fedsec run: the aggregator is this installation's own process, not an image.
+    s = site("h", policy={"allowedAggregatorImages": ["registry.hospital.example/*"]})
+    assert refusal(job(), s, spent_elsewhere=0.0, quorum=2, sites=4, aggregator_image=None) is None
+    assert refusal(job(), site("h"), spent_elsewhere=0.0, quorum=2, sites=4, aggregator_image=RUNTIME) is None
+
+
+def test_the_plan_refuses_a_site_that_does_not_accept_the_aggregator_image() -> None:
+    sites = [site(f"h{i}", shard=i, policy={"allowedAggregatorImages": ["ghcr.io/fedsec/*"]}) for i in range(3)]
+    sites.append(site("h3", shard=3, policy={"allowedAggregatorImages": ["registry.hospital.example/*"]}))
+    plan = plan_job(job(quorum={"minClients": 2}), sites, aggregator_image=RUNTIME)
+    assert plan.site_names == ("h0", "h1", "h2") and plan.aggregator_image == RUNTIME
+    assert "registry.hospital.example/*" in plan.refused["h3"]
+    assert plan_job(job(quorum={"minClients": 2}), sites).refused == {}  # a local run has no image
+
+
+@pytest.mark.parametrize("bad", ["", " ghcr.io/x:1", "ghcr.io/x:1 ", "ghcr.io/x:?", "ghcr.io/[ab]:1", "-x", "a" * 513])
+def test_an_image_pattern_that_is_not_a_reference_is_refused_with_its_field(bad: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        site("h", policy={"allowedAggregatorImages": [bad]})
+    assert "allowedAggregatorImages" in str(err.value) or "allowed_aggregator_images" in str(err.value), err.value
