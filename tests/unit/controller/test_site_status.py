@@ -10,6 +10,7 @@ from fedsec.controller import sites
 from fedsec.controller.sites import changed, site_status
 
 from controller_bodies import client_body
+from fake_kube import merge as merge_patch
 
 NOW, LATER = "2026-01-01T00:00:00Z", "2026-01-01T00:09:00Z"
 
@@ -135,19 +136,6 @@ def test_changed() -> None:
 
 
 # -- written with a JSON merge patch (kube.patch_status) -----------------------------------------
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies application/merge-patch+json."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
-
 
 def write(b: dict[str, Any], now: str) -> dict[str, Any]:
     """What the operator's FederatedClient handler leaves in status after one event."""
