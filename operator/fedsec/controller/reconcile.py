@@ -221,7 +221,7 @@ class JobReconciler:
             return None
         obs.refused = dict(plan.refused)
         record = {"uid": uid, "admitted": [f"{c.metadata.namespace}/{c.metadata.name}" for c in plan.admitted],
-                  "refused": dict(plan.refused), "quorum": plan.quorum, "aggregatorImage": self.settings.runtime_image}
+                  "refused": dict(plan.refused), "quorum": plan.quorum, "aggregatorImage": plan.aggregator_image}
         # Recorded before anything is created: see the module's docstring.
         self.kube.patch_status("federatedjobs", job.metadata.name, job.metadata.namespace,
                                {"plan": record, "phase": st.PENDING, "observedGeneration": obs.generation})
