@@ -14,6 +14,14 @@ from fedsec.api.meta import API_VERSION, LabelSelector, ObjectMeta, Spec
 # is what is compared.
 ImagePattern = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9*][A-Za-z0-9._/:@*+-]*$")]
 
+# A model factory exactly as a job names it in spec.model.factory: a dotted module path, a colon, a
+# function name. No globs: a site lists code it has reviewed, one function at a time. ASCII
+# identifiers only, so that the API server (ECMA regex) and pydantic refuse the same strings.
+FactoryRef = Annotated[str, StringConstraints(
+    min_length=3, max_length=512,
+    pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+)]
+
 
 class SitePolicy(Spec):
     """The site's own terms; a job runs here only where these hold."""
@@ -35,6 +43,11 @@ class SitePolicy(Spec):
         default_factory=list,
         description="aggregator images the site accepts, as full references; '*' matches any run of characters "
         "(empty: any). Checked against the operator's runtime image; local runs have no image",
+    )
+    allowed_model_factories: list[FactoryRef] = Field(
+        default_factory=list,
+        description="model factories ('package.module:function', exact) the site lets a job's spec.model.factory "
+        "run with its data (empty: builtin models only; builtin models are always allowed)",
     )
 
 

@@ -10,6 +10,10 @@ has unbounded epsilon, so a site with a budget or a per-job cap never admits one
 
 The aggregator image is the one the operator will run the job's aggregator from; ``fedsec run`` has
 none (its aggregator is this installation's own process), so a site's image list does not apply there.
+
+A job's model factory (``spec.model.factory``) runs in the site's client process, with the site's
+data: a site admits one only if its ``policy.allowedModelFactories`` lists it exactly, and the client
+checks the same list again before it imports anything (:func:`fedsec.training.models.build_model`).
 """
 
 from __future__ import annotations
@@ -60,6 +64,13 @@ def refusal(
             and not image_allowed(pol.allowed_aggregator_images, aggregator_image):
         return (f"the site accepts aggregator images {pol.allowed_aggregator_images} only "
                 f"(policy.allowedAggregatorImages); this job's aggregator runs {aggregator_image!r}")
+    # A factory is code of the job's choosing, run by the site's client next to its data and keys:
+    # only what the site listed, compared exactly (a near-miss name is other code).
+    factory = s.model.factory
+    if factory is not None and factory not in pol.allowed_model_factories:
+        listed = f"lists only {pol.allowed_model_factories}" if pol.allowed_model_factories else "lists none"
+        return (f"the job's spec.model.factory {factory!r} is not in the site's policy.allowedModelFactories "
+                f"({listed}; builtin models are always allowed); the site must list it to run it")
     if pol.accept_namespaces and job.metadata.namespace not in pol.accept_namespaces:
         return f"the site accepts jobs from namespaces {pol.accept_namespaces} only; the job is in {job.metadata.namespace!r}"
     if pol.accept_jobs is not None and not pol.accept_jobs.matches(job.metadata.labels):

@@ -81,6 +81,7 @@ class SiteClient:
         self.model = tmodels.build_model(
             m.kind, input_dim=m.input_dim, num_classes=m.num_classes, hidden=m.hidden,
             factory=m.factory, params=m.params, seed=m.seed,
+            allowed_factories=cfg.site.spec.policy.allowed_model_factories,
         )
         t = spec.task
         self.train_config = TrainConfig(

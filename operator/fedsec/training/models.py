@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ def build_model(
     factory: str | None = None,
     params: Mapping[str, object] | None = None,
     seed: int = 0,
+    allowed_factories: Collection[str] | None = None,
 ) -> nn.Module:
     """A freshly initialised model; the same arguments give the same weights in every process.
 
@@ -74,9 +75,22 @@ def build_model(
 
     Builtin models output one logit for two classes (trained with BCE on the positive class) and
     ``num_classes`` logits otherwise. ``factory`` and ``params`` are only for ``kind="factory"``.
+
+    ``allowed_factories``: the factories the caller's site policy lists (a site's client passes its
+    ``policy.allowedModelFactories``); a factory not in it, compared exactly, is refused before its
+    module is imported. None: no site list applies (the coordinator building its own job's model).
     """
     if kind not in MODEL_KINDS:
         raise ModelError(f"unknown model kind {kind!r}; choose one of: {', '.join(MODEL_KINDS)}")
+    # Before any import: importing a module runs its code, so the check must come first. Whatever
+    # the config says the job is, this process builds only what its own site agreed to run.
+    if kind == "factory" and allowed_factories is not None and factory not in allowed_factories:
+        listed = sorted(allowed_factories)
+        raise ModelError(
+            f"factory {factory!r} is not in this site's policy.allowedModelFactories "
+            f"({listed if listed else 'none listed: builtin models only'}); refusing to import or call it. "
+            "If the site means to run it, add it to the FederatedClient's policy.allowedModelFactories"
+        )
     # Build under a private RNG state so init is reproducible and the caller's RNG is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

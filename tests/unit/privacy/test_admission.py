@@ -6,6 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from fedsec.api.errors import ManifestError
+from fedsec.api.job import FederatedJob
 from fedsec.api.plan import plan_job
 from fedsec.privacy.admission import refusal
 
@@ -117,3 +118,85 @@ def test_an_image_pattern_that_is_not_a_reference_is_refused_with_its_field(bad:
     with pytest.raises(ValidationError) as err:
         site("h", policy={"allowedAggregatorImages": [bad]})
     assert "allowedAggregatorImages" in str(err.value) or "allowed_aggregator_images" in str(err.value), err.value
+
+
+def _with_model(model: dict[str, object]) -> FederatedJob:
+    doc = job(NO_DP, quorum={"minClients": 2}).model_dump(by_alias=True, exclude_none=True)
+    doc["spec"]["model"] = {"inputDim": 30, **model}
+    return FederatedJob.model_validate(doc)
+
+
+def _with_factory_unchecked(factory: str) -> FederatedJob:
+    # A factory string the job's own validator would refuse: admission must not rely on it.
+    j = _with_model({"factory": "mypkg.models:make"})
+    model = j.spec.model.model_copy(update={"factory": factory})
+    return j.model_copy(update={"spec": j.spec.model_copy(update={"model": model})})
+
+
+LISTS_MAKE = {"allowedModelFactories": ["mypkg.models:make"]}
+
+
+@pytest.mark.parametrize("policy", [{}, LISTS_MAKE])
+@pytest.mark.parametrize("builtin", ["logistic-regression", "mlp"])
+def test_builtin_models_are_admitted_whatever_the_factory_list(builtin: str, policy: dict[str, object]) -> None:
+    assert refusal(_with_model({"builtin": builtin}), site("h", policy=policy),
+                   spent_elsewhere=0.0, quorum=2, sites=4) is None
+
+
+def test_a_factory_the_site_lists_exactly_is_admitted() -> None:
+    s = site("h", policy={"allowedModelFactories": ["other.pkg:build", "mypkg.models:make"]})
+    assert refusal(_with_model({"factory": "mypkg.models:make"}), s, spent_elsewhere=0.0, quorum=2, sites=4) is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "listed"),
+    [({}, "lists none"), (LISTS_MAKE, "lists only ['mypkg.models:make']")],
+)
+def test_os_system_is_refused_naming_the_factory_and_the_field(policy: dict[str, object], listed: str) -> None:
+    j = _with_model({"factory": "os:system", "params": {"command": "touch /tmp/pwned"}})
+    reason = refusal(j, site("h", policy=policy), spent_elsewhere=0.0, quorum=2, sites=4)
+    assert reason is not None, "a site admitted os:system"
+    assert "'os:system'" in reason and "policy.allowedModelFactories" in reason and listed in reason, reason
+
+
+@pytest.mark.parametrize("near_miss", ["mypkg.models:make_evil", "mypkg.models:mak", "mypkg.models.evil:make",
+                                       "mypkg:make", "mypkg.models:make\n"])
+def test_a_near_miss_of_a_listed_factory_is_refused(near_miss: str) -> None:
+    reason = refusal(_with_model({"factory": near_miss}), site("h", policy=LISTS_MAKE),
+                     spent_elsewhere=0.0, quorum=2, sites=4)
+    assert reason is not None and repr(near_miss) in reason, reason
+
+
+@pytest.mark.parametrize("unchecked", ["mypkg.models:make ", " mypkg.models:make", "MYPKG.models:make"])
+def test_admission_compares_exactly_even_what_the_job_model_would_refuse(unchecked: str) -> None:
+    reason = refusal(_with_factory_unchecked(unchecked), site("h", policy=LISTS_MAKE),
+                     spent_elsewhere=0.0, quorum=2, sites=4)
+    assert reason is not None and "policy.allowedModelFactories" in reason, reason
+
+
+def test_a_plan_where_every_site_refuses_the_factory_fails_with_each_reason() -> None:
+    j = _with_model({"factory": "os:system", "params": {"command": "true"}})
+    sites = [site("h0"), site("h1", shard=1, policy=LISTS_MAKE)]
+    with pytest.raises(ManifestError) as err:
+        plan_job(j, sites)
+    text = str(err.value)
+    assert "every selected site refused" in text
+    assert "h0: the job's spec.model.factory 'os:system'" in text and "h1: the job's spec.model.factory" in text
+    three = [site("h0", policy=LISTS_MAKE), site("h1", shard=1, policy=LISTS_MAKE), site("h2", shard=2)]
+    plan = plan_job(_with_model({"factory": "mypkg.models:make"}), three)
+    assert plan.site_names == ("h0", "h1") and "'mypkg.models:make'" in plan.refused["h2"]
+
+
+@pytest.mark.parametrize("bad", ["os:*", "mypkg.*:make", "mypkg.models", "mypkg.models:make ", " os:system",
+                                 "mypkg..models:make", "mypkg.models:make:x", "1pkg:make", "mypkg.models:make\n",
+                                 "pkg:", ":make", ""])
+def test_a_factory_entry_that_is_not_module_colon_function_is_refused_with_its_field(bad: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        site("h", policy={"allowedModelFactories": [bad]})
+    assert "allowedModelFactories" in str(err.value), err.value
+
+
+def test_the_factory_list_defaults_to_empty_and_keeps_what_the_site_wrote() -> None:
+    assert site("h").spec.policy.allowed_model_factories == []
+    listed = ["a.b_c.d:make_model", "_private:_f"]
+    assert site("h", policy={"allowedModelFactories": listed}).spec.policy.allowed_model_factories == listed

@@ -138,6 +138,69 @@ def test_bad_factories_fail_clearly(
         build_model("factory", input_dim=4, num_classes=2, factory=spec, params=params)
 
 
+# A module whose import alone leaves a trace: the site's list must stop it before the import.
+_MARKING_MODULE = """
+from pathlib import Path
+from torch import nn
+
+Path({marker!r}).write_text("imported")
+
+def make() -> nn.Module:
+    Path({marker!r}).write_text("called")
+    return nn.Linear(4, 1)
+"""
+
+
+@pytest.fixture
+def marking_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Path]]:
+    name, marker = "fedsec_test_marking_models", tmp_path / "marker"
+    (tmp_path / f"{name}.py").write_text(_MARKING_MODULE.format(marker=str(marker)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    yield name, marker
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("allowed", [[], ["fedsec_test_marking_models:make_other"], ["os:system"]])
+def test_a_factory_the_site_does_not_list_is_refused_before_its_module_is_imported(
+    marking_module: tuple[str, Path], allowed: list[str]
+) -> None:
+    name, marker = marking_module
+    with pytest.raises(ModelError) as err:
+        build_model("factory", input_dim=4, num_classes=2, factory=f"{name}:make", allowed_factories=allowed)
+    message = str(err.value)
+    assert f"'{name}:make'" in message and "policy.allowedModelFactories" in message, message
+    assert not marker.exists(), "the module was imported although the site does not list its factory"
+    assert name not in sys.modules
+
+
+def test_os_system_is_refused_by_a_site_without_running_the_command(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with pytest.raises(ModelError, match=r"'os:system' is not in this site's policy\.allowedModelFactories"):
+        build_model("factory", input_dim=4, num_classes=2, factory="os:system",
+                    params={"command": f"touch {marker}"}, allowed_factories=[])
+    assert not marker.exists()
+
+
+def test_a_factory_the_site_lists_is_imported_and_called(marking_module: tuple[str, Path]) -> None:
+    name, marker = marking_module
+    # The control for the refusals above: the same module does leave its mark when it is allowed.
+    model = build_model("factory", input_dim=4, num_classes=2, factory=f"{name}:make",
+                        allowed_factories=[f"{name}:make"])
+    assert isinstance(model, nn.Linear) and marker.read_text() == "called"
+
+
+def test_without_a_site_list_the_callers_own_factory_is_built(marking_module: tuple[str, Path]) -> None:
+    name, marker = marking_module  # the coordinator builds its own job's model: no site list applies
+    build_model("factory", input_dim=4, num_classes=2, factory=f"{name}:make", allowed_factories=None)
+    assert marker.read_text() == "called"
+
+
+@pytest.mark.parametrize("kind", ["logistic-regression", "mlp"])
+def test_builtin_models_need_no_site_listing(kind: str) -> None:
+    assert isinstance(build_model(kind, input_dim=3, num_classes=2, allowed_factories=[]), nn.Module)
+
+
 def test_state_to_numpy_copies_floating_state_in_order() -> None:
     model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
     state = state_to_numpy(model)
