@@ -256,6 +256,41 @@ def network_policy(names: JobNames, namespace: str, owner: Owner, settings: Sett
     }
 
 
+# Where the cluster's DNS answers: CoreDNS and kube-dns both carry this label in kube-system.
+DNS_NAMESPACE = "kube-system"
+DNS_POD_LABELS = {"k8s-app": "kube-dns"}
+DNS_PORT = 53
+
+
+def client_network_policy(names: JobNames, site: FederatedClient, job_namespace: str, owner: Owner) -> dict[str, Any]:
+    """A site's client pods for this job only dial out, and only where the job needs them to: the
+    job's aggregator pods on the round port, and the cluster DNS to find them. No ingress at all
+    (nothing calls a client). Should the job's model or any other code in the pod misbehave, it
+    cannot ship the site's data or keys anywhere else over the network.
+
+    Lives in the site's namespace beside the client Job, owned by the FederatedClient like it."""
+    s = site.metadata.name
+    labels = names.labels(ROLE_CLIENT, s)
+    aggregator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": job_namespace}},
+                  "podSelector": {"matchLabels": names.labels(ROLE_AGGREGATOR)}}
+    dns = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": DNS_NAMESPACE}},
+           "podSelector": {"matchLabels": dict(DNS_POD_LABELS)}}
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _meta(names.site(s), site.metadata.namespace, labels, owner),
+        "spec": {
+            "podSelector": {"matchLabels": labels},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": [
+                # Policies apply after the Service's address translation: the pods, not the Service IP.
+                {"to": [aggregator], "ports": [{"protocol": "TCP", "port": GRPC_PORT}]},
+                {"to": [dns], "ports": [{"protocol": "UDP", "port": DNS_PORT}, {"protocol": "TCP", "port": DNS_PORT}]},
+            ],
+        },
+    }
+
+
 def aggregator_deployment(names: JobNames, namespace: str, owner: Owner, settings: Settings, *, image: str,
                           config_digest: str, replicas: int, holdout_claim: str | None = None) -> dict[str, Any]:
     """``image``: the one the job's plan admitted the aggregator under (sites may restrict it)."""

@@ -330,6 +330,8 @@ class JobReconciler:
         fc_owner = ch.Owner(API_VERSION, "FederatedClient", s, fc["metadata"]["uid"])
         labels = names.labels(ROLE_CLIENT, s)
         self._ensure_once(cache, ch.ledger_claim_manifest(site, fc_owner, self.settings))
+        # Before the Job: its pods are never up without the fence.
+        self._ensure_once(cache, ch.client_network_policy(names, site, job.metadata.namespace, fc_owner))
         files = {ch.CLIENT_CONFIG: ch.client_config(job, job.metadata.uid or "", site, names, self.settings)}
         self._ensure_once(cache, ch.config_map(names.site(s), sns, labels, fc_owner, files))
         manifest = ch.client_job(names, site, fc_owner, self.settings)
@@ -494,6 +496,7 @@ class JobReconciler:
                 self.kube.delete("batch/v1", "Job", job["metadata"]["name"], sns)
             self.kube.delete("v1", "ConfigMap", names.site(s), sns)
             self.kube.delete("v1", "Secret", names.site_secret(s), sns)
+            self.kube.delete("networking.k8s.io/v1", "NetworkPolicy", names.site(s), sns)
             try:
                 self.kube.patch_status("federatedclients", s, sns, {"jobs": {key: {"uid": uid, "state": JOB_DELETED, "reason": ""}}})
             except Exception as exc:  # the site may be gone too

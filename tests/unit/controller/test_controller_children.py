@@ -188,6 +188,58 @@ def test_ledger_claim_manifest_is_owned_by_the_site() -> None:
     assert pvc["spec"]["resources"]["requests"]["storage"] == "64Mi"
 
 
+def _client_policy(site_ns: str = "site-a") -> dict:
+    return ch.client_network_policy(NAMES, client(namespace=site_ns), NS, SITE_OWNER)
+
+
+def test_client_network_policy_lives_beside_the_client_job_owned_by_the_site() -> None:
+    site = client(namespace="site-a")
+    np, j = _client_policy(), ch.client_job(NAMES, site, SITE_OWNER, SETTINGS)
+    assert (np["apiVersion"], np["kind"]) == ("networking.k8s.io/v1", "NetworkPolicy")
+    assert (np["metadata"]["name"], np["metadata"]["namespace"]) == (j["metadata"]["name"], "site-a")
+    assert np["metadata"]["ownerReferences"] == _owner_ref(SITE_OWNER)
+    assert np["metadata"]["labels"] == j["metadata"]["labels"]  # found and cleaned up like the site's other children
+
+
+def test_client_network_policy_fences_this_jobs_pods_at_this_site_only() -> None:
+    sel = _client_policy()["spec"]["podSelector"]["matchLabels"]
+    pod = ch.client_job(NAMES, client(), SITE_OWNER, SETTINGS)["spec"]["template"]["metadata"]["labels"]
+    assert sel.items() <= pod.items()
+    other_job = JobNames("breast-cancer", "99999999-9999-4999-8999-999999999999")
+    assert not sel.items() <= ch.client_job(other_job, client(), SITE_OWNER, SETTINGS)["spec"]["template"]["metadata"]["labels"].items()
+    other_site = ch.client_job(NAMES, client(name="hospital-02"), SITE_OWNER, SETTINGS)["spec"]["template"]["metadata"]["labels"]
+    assert not sel.items() <= other_site.items()
+
+
+def test_client_pods_take_no_ingress_and_dial_only_the_aggregator_and_dns() -> None:
+    spec = _client_policy()["spec"]
+    assert sorted(spec["policyTypes"]) == ["Egress", "Ingress"]
+    assert spec["ingress"] == []  # Ingress listed with no rule: nothing reaches a client pod
+    to_aggregator, to_dns = spec["egress"]
+    assert to_aggregator == {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}},
+                "podSelector": {"matchLabels": AGG_SELECTOR}}],
+        "ports": [{"protocol": "TCP", "port": GRPC_PORT}],
+    }
+    assert to_dns == {
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+    }
+
+
+def test_client_egress_selects_the_aggregator_pods_on_the_port_they_serve() -> None:
+    dep = ch.aggregator_deployment(NAMES, NS, OWNER, SETTINGS, image=SETTINGS.runtime_image, config_digest="d", replicas=1)
+    rule = _client_policy()["spec"]["egress"][0]
+    agg_pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert rule["to"][0]["podSelector"]["matchLabels"].items() <= agg_pod_labels.items()
+    served = {p["containerPort"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"] if p["name"] == "grpc"}
+    assert {p["port"] for p in rule["ports"]} == served
+    # and the aggregator's own policy lets exactly these pods in on that port
+    agg_in = ch.network_policy(NAMES, NS, OWNER, SETTINGS)["spec"]["ingress"][0]
+    assert agg_in["from"][0]["podSelector"]["matchLabels"].items() <= _client_policy()["spec"]["podSelector"]["matchLabels"].items()
+
+
 # -- Secrets and ConfigMaps ----------------------------------------------------------------------
 
 def test_secrets_are_immutable_and_base64() -> None:

@@ -63,3 +63,40 @@ def test_the_aggregator_runs_from_the_image_its_sites_admitted_even_after_an_ope
     assert d is not None, kube.events
     assert d["spec"]["template"]["spec"]["containers"][0]["image"] == OURS
     assert status(kube)["plan"]["aggregatorImage"] == OURS
+
+
+FACTORY = "hospital_models.cardio:build"
+
+
+def factory_sites() -> list[dict[str, Any]]:
+    lists_it = {"allowedModelFactories": [FACTORY]}
+    return [client_body(name=n, namespace=f"site-{n}", uid=f"uid-{n}", policy=p)
+            for n, p in [("h1", lists_it), ("h2", lists_it), ("h3", lists_it), ("h4", {})]]
+
+
+def test_a_site_that_does_not_list_the_jobs_model_factory_is_refused_in_both_statuses() -> None:
+    kube = FakeKube(factory_sites())
+    body = job_body(model={"factory": FACTORY, "inputDim": 30, "params": {"width": 8}})
+    JobReconciler(kube, ch.Settings(runtime_image=OURS)).reconcile(body)  # type: ignore[arg-type]
+    plan = status(kube)["plan"]
+    assert plan["admitted"] == ["site-h1/h1", "site-h2/h2", "site-h3/h3"]
+    why = plan["refused"]["h4"]
+    assert repr(FACTORY) in why and "policy.allowedModelFactories" in why, why
+    site_row = kube.statuses[("federatedclients", "site-h4", "h4")]["jobs"][f"{NS}/breast-cancer"]
+    assert site_row["state"] == "Refused" and site_row["reason"] == why
+    names = JobNames("breast-cancer", JOB_UID)
+    assert kube.get("batch/v1", "Job", names.site("h4"), "site-h4") is None
+    assert kube.get("networking.k8s.io/v1", "NetworkPolicy", names.site("h4"), "site-h4") is None
+
+
+def test_every_admitted_site_gets_its_client_network_policy_before_its_client_job() -> None:
+    kube = FakeKube(sites())
+    JobReconciler(kube, ch.Settings(runtime_image=OURS)).reconcile(job_body())  # type: ignore[arg-type]
+    names = JobNames("breast-cancer", JOB_UID)
+    order = list(kube.objects)
+    for s in ("h1", "h2", "h3"):
+        key = ("NetworkPolicy", f"site-{s}", names.site(s))
+        assert key in kube.objects, f"no client NetworkPolicy at {s}"
+        assert kube.objects[key]["metadata"]["ownerReferences"][0]["uid"] == f"uid-{s}"
+        assert order.index(key) < order.index(("Job", f"site-{s}", names.site(s)))
+    assert ("NetworkPolicy", "site-h4", names.site("h4")) not in kube.objects  # refused: nothing made there
