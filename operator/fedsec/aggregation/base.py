@@ -167,6 +167,17 @@ class ServerProtocol(abc.ABC):
     def close_phase(self) -> PhaseOutcome:
         """End the current phase: all expected answered, or the deadline passed (the rest dropped)."""
 
+    def max_answer_bytes(self) -> int:
+        """The largest answer (a Contribution's ``response``) an honest client can send in the
+        current phase: anything longer is refused before it is parsed, so a site cannot make the
+        server hold more than the round needs. The default is generous and needs only the round's
+        tensor specs, from the :class:`RoundContext` the protocol keeps as ``ctx``: 8 bytes per
+        coordinate (a float64 or the widest ring word) plus 64 KiB. A protocol whose answers are
+        smaller (key adverts, shares) or that keeps its context elsewhere overrides it."""
+        ctx = getattr(self, "ctx", None)
+        coordinates = sum(s.size for s in ctx.tensor_specs) if isinstance(ctx, RoundContext) else 0
+        return coordinates * 8 + 64 * 1024
+
     def survivors(self) -> int:
         """Clients still able to contribute; the engine aborts early when this falls below quorum."""
         return len(self.expected())

@@ -69,6 +69,11 @@ class PlaintextServer(ServerProtocol):
         self._contributors.append(client_id)
         self._waiting.discard(client_id)
 
+    def max_answer_bytes(self) -> int:
+        # A PlainUpdate is the delta's safetensors (its size is exact for these specs) and a weight;
+        # the slack covers the protobuf framing many times over.
+        return wire_tensors.encoded_size(self.ctx.tensor_specs) + 64 * 1024
+
     def close_phase(self) -> PhaseOutcome:
         self._closed = True
         self._waiting.clear()

@@ -18,7 +18,9 @@ class Fault(Spec):
     - ``crash``: the client process dies there and is restarted (as a Job's pod would be).
     - ``slow``: the client waits ``delaySeconds`` before answering in ``round`` (every round if unset).
     - ``aggregator-crash``: the aggregator dies in ``round`` after ``afterUpdates`` accepted
-      answers and is restarted; it resumes from its last committed round.
+      answers and is restarted; it resumes from its last committed round. It dies once, unless
+      ``everyIncarnation`` is true: then every restarted aggregator dies there too (a crash loop),
+      and the job must end Failed once the round's ``maxRetries`` attempts are used up.
 
     ``phase`` is ``train`` (after receiving the round's task, before answering) or the name of an
     aggregation phase (``update`` in plaintext mode), meaning just after the client answered it.
@@ -30,6 +32,9 @@ class Fault(Spec):
     phase: str = "train"
     delay_seconds: float = Field(0.0, ge=0.0, le=3600.0)
     after_updates: int = Field(0, ge=0)
+    every_incarnation: bool = Field(
+        False, description="aggregator-crash only: crash in every incarnation, not just the first"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Fault:
@@ -37,6 +42,8 @@ class Fault(Spec):
             raise ValueError(f"a {self.kind!r} fault needs 'client'")
         if self.kind == "aggregator-crash" and self.client:
             raise ValueError("an 'aggregator-crash' fault takes no 'client'")
+        if self.every_incarnation and self.kind != "aggregator-crash":
+            raise ValueError("'everyIncarnation' applies to 'aggregator-crash' faults only")
         if self.kind in ("drop", "crash", "aggregator-crash") and self.round is None:
             raise ValueError(f"a {self.kind!r} fault needs 'round'")
         if self.kind == "slow" and self.delay_seconds <= 0:

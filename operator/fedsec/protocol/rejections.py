@@ -20,6 +20,7 @@ REASONS = (
     "duplicate",
     "invalid-update",
     "job-finished",
+    "busy",
 )
 
 

@@ -36,7 +36,7 @@ from fedsec.protocol import engine as eng
 from fedsec.protocol.key_epochs import EpochState, RotationPolicy
 from fedsec.protocol.rejections import REASONS, Rejected
 from fedsec.protocol.replay import ReplayGuard
-from fedsec.runtime import admin, exitcodes
+from fedsec.runtime import admin, exitcodes, limits
 from fedsec.runtime.checkpoints import Checkpoint, CheckpointError, CheckpointStore
 from fedsec.runtime.config import AggregatorConfig
 from fedsec.runtime.datasets import load_holdout
@@ -104,6 +104,7 @@ class Aggregator:
         self._rotation_pending_logged = False
         self.verifier = Verifier(cfg.pki.ca_cert.read_bytes())
         self.replay = ReplayGuard()
+        self.calls = limits.CallLimiter(limits.MAX_CALLS_PER_SITE, limits.max_in_flight(len(cfg.sites)))
         self.cond = threading.Condition()
         self.metrics = AggregatorMetrics(self.job.metadata.name)
         self.store = CheckpointStore(cfg.state_dir)
@@ -131,6 +132,7 @@ class Aggregator:
         if rolled_back is not None:
             latest = rolled_back
             saved.update(status=eng.RUNNING, reason="")  # a rollback reopens a finished job
+            saved.pop("attempt", None)  # ... and someone chose to retry: the round's retries start over
         self.state_tensors: Tensors = latest.load_model()
         tmodels.load_numpy_state(self.model, self.state_tensors)
         self.version = latest.version
@@ -141,6 +143,9 @@ class Aggregator:
         state = eng.EngineState(
             next_round=latest.round + 1,
             last_round_id=int(saved.get("last_round_id", 0)),
+            # The retries of a round survive a restart, or an aggregator that dies in every attempt
+            # would retry forever; counted only for the logical round they were saved for.
+            attempt=int(saved.get("attempt", 0)) if saved.get("attempt_round") == latest.round + 1 else 0,
             attempts_total=int(saved.get("attempts_total", 0)),
             status=saved.get("status", eng.RUNNING),
             reason=saved.get("reason", ""),
@@ -173,6 +178,31 @@ class Aggregator:
         )
         self.metrics.model_version.labels(self.metrics.job).set(self.version)
         self.metrics.key_epoch.labels(self.metrics.job).set(self.epochs.epoch)
+        self._size_caps = self._answer_caps(m.input_dim)
+        if state.status == eng.RUNNING and state.attempt > self.spec.quorum.max_retries:
+            # Every attempt the round was allowed has started, and the last was lost with the
+            # process (one discarded in the open would have failed the job then): stop here.
+            self._apply(self.engine.fail(
+                f"round {state.next_round} was attempted {state.attempt} times without committing (maxRetries is "
+                f"{self.spec.quorum.max_retries}); the aggregator stopped during the last attempt. Its log says why."
+            ))
+
+    def _answer_caps(self, input_dim: int) -> dict[str, int]:
+        """Bytes an answer may have in each phase (``""``: a phase the mode does not have)."""
+        args = (wire_tensors.specs_of(self.state_tensors), len(self.cfg.sites), self.spec.max_message_bytes,
+                stats_specs(input_dim))
+        phases = ("", *limits.SECAGG_PHASES, limits.PLAINTEXT_UPDATE)
+        return {p: limits.answer_cap(self.mode.info.name, p, *args) for p in phases}
+
+    def _size_cap(self, header: pb.Header) -> int:
+        """What a message of this kind can need in this job, by its signed header (limits.py)."""
+        if header.body_type == "Contribution":
+            return self._size_caps.get(header.phase, self._size_caps[""])
+        return min(limits.CONTROL_MESSAGE_BYTES, self.spec.max_message_bytes)
+
+    def largest_message(self) -> int:
+        """The most any message a site may send this job can need: the gRPC receive limit follows it."""
+        return max(max(self._size_caps.values()), min(limits.CONTROL_MESSAGE_BYTES, self.spec.max_message_bytes))
 
     @property
     def key_epoch(self) -> int:
@@ -237,6 +267,17 @@ class Aggregator:
     # -- message handling -------------------------------------------------------------------------
 
     def exchange(self, raw: bytes, peer_names: frozenset[str]) -> bytes:
+        # Counted by TLS peer, before anything is parsed; a call over a bound is still opened (it is
+        # small: the size caps hold) so that its refusal answers it, then refused without waiting.
+        peer = ",".join(sorted(peer_names))
+        busy = self.calls.enter(peer)
+        try:
+            return self._exchange(raw, peer_names, busy)
+        finally:
+            if not busy:
+                self.calls.leave(peer)
+
+    def _exchange(self, raw: bytes, peer_names: frozenset[str], busy: str) -> bytes:
         now_ms = int(time.time() * 1000)
         sender, phase, nonce, round_id = "", "", b"", 0
         try:
@@ -250,11 +291,14 @@ class Aggregator:
             opened = open_envelope(
                 env, self.verifier, job_uid=self.cfg.job_uid, key_epochs=self.epochs.accepted(self.rotation),
                 recipient=AGGREGATOR, replay=self.replay, now_ms=now_ms, max_bytes=self.spec.max_message_bytes,
+                size_cap=self._size_cap,
             )
             sender, phase, nonce = opened.header.sender, opened.header.phase, opened.header.nonce
             round_id = opened.header.round_id
             if sender not in peer_names:
                 raise Rejected("peer-mismatch", f"signed by {sender!r} but the TLS peer is {sorted(peer_names)}")
+            if busy:
+                raise Rejected("busy", busy)
             reply = self._dispatch(sender, opened.header, opened.body)
         except Rejected as rej:
             if not sender and rej.sender in peer_names:  # authenticated, over its own channel: answer it
@@ -352,9 +396,9 @@ class Aggregator:
     def _maybe_inject_crash(self, number: int) -> None:
         """Scenario fault: die after the answer that makes ``afterUpdates`` in round ``number``,
         before its effects (maybe a commit) are carried out."""
-        if self.incarnation > 0:
-            return  # an injected crash happens once; the restarted aggregator must survive
         for f in self.cfg.faults:
+            if self.incarnation > 0 and not f.every_incarnation:
+                continue  # an injected crash happens once; the restarted aggregator must survive
             if f.kind == "aggregator-crash" and f.round == number and self._accepted_this_round >= f.after_updates:
                 log.error("injected fault: aggregator crashes in round %d after %d answers", number, self._accepted_this_round)
                 self.audit.close()
@@ -440,6 +484,7 @@ class Aggregator:
         s = self.engine.state
         self.store.save_engine({
             "last_round_id": s.last_round_id, "attempts_total": s.attempts_total, "status": s.status,
+            "attempt": s.attempt, "attempt_round": s.next_round,
             "reason": s.reason, "rejected": self.history.rejected, "job_uid": self.cfg.job_uid,
             **self.epochs.to_json(),
         })
@@ -505,11 +550,15 @@ def serve(cfg: AggregatorConfig, events: EventSink, incarnation: int = 0) -> int
     except IdentityError as exc:
         log.error("the aggregator cannot sign: %s", exc)
         return exitcodes.CONFIG_ERROR
-    n_workers = len(cfg.sites) + 8  # every live site may hold one long poll
+    n_workers = limits.rpc_workers(len(cfg.sites))  # every live site may hold one long poll
+    # Twice the largest message a site may send: a message up to that is answered "oversized"; gRPC
+    # refuses beyond. With the bound on admitted RPCs this caps what sites can make us hold in memory.
+    receive_limit = min(2 * cfg.job.spec.max_message_bytes, 2 * agg.largest_message())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="rpc"),
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs(len(cfg.sites)),
         options=[
-            ("grpc.max_receive_message_length", 2 * cfg.job.spec.max_message_bytes),
+            ("grpc.max_receive_message_length", receive_limit),
             ("grpc.max_send_message_length", 2 * cfg.job.spec.max_message_bytes),
             ("grpc.so_reuseport", 0),
         ],

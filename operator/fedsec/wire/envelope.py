@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError, Message
@@ -96,8 +97,14 @@ def open_envelope(
     replay: ReplayGuard | None,
     now_ms: int,
     max_bytes: int,
+    size_cap: Callable[[pb.Header], int] | None = None,
 ) -> Opened:
-    """Check one received envelope; raise :class:`Rejected` naming the first thing wrong."""
+    """Check one received envelope; raise :class:`Rejected` naming the first thing wrong.
+
+    ``size_cap`` bounds the whole envelope by what its (signed) header says it is, e.g. a Poll or an
+    answer in a given phase; it is checked once the signature verifies and before the body is
+    hashed or parsed, so an over-long message costs no parse and its refusal still answers it.
+    """
     size = env.ByteSize()
     body_bytes = env.body  # upb copies a bytes field on every read: read the (large) body once
     if size > max_bytes:
@@ -128,6 +135,12 @@ def open_envelope(
             raise Rejected("wrong-recipient", f"message is addressed to {header.recipient!r}")
         if len(header.nonce) != NONCE_BYTES:
             raise Rejected("malformed", f"nonce must be {NONCE_BYTES} bytes")
+        if size_cap is not None and size > (cap := size_cap(header)):
+            raise Rejected(
+                "oversized",
+                f"{header.body_type or 'message'} for phase {header.phase!r} of {size} bytes exceeds the "
+                f"{cap} bytes that kind of message can need in this job",
+            )
         if not hmac.compare_digest(hashlib.sha256(body_bytes).digest(), header.body_sha256):
             raise Rejected("malformed", "body does not match the signed hash")
         body_cls = BODY_TYPES.get(header.body_type)
