@@ -278,8 +278,10 @@ def write_manifests(directory: Path, n: int, d: int, rounds: int) -> Path:
         {
             "apiVersion": "fedsec.io/v1alpha1", "kind": "FederatedClient",
             "metadata": {"name": site_name(i), "labels": {"study": "runtime-bench"}},
-            # never loaded: the benchmark's sites send synthetic updates
-            "spec": {"data": {"builtin": {"name": "breast-cancer"}}},
+            # never loaded: the benchmark's sites send synthetic updates; the job's factory is
+            # listed because a site admits no factory it does not list
+            "spec": {"data": {"builtin": {"name": "breast-cancer"}},
+                     "policy": {"allowedModelFactories": ["bench_models:flat"]}},
         }
         for i in range(n)
     ]
