@@ -40,14 +40,15 @@ def select_clients(job: FederatedJob, clients: Sequence[FederatedClient]) -> lis
 
 def plan_job(
     job: FederatedJob, clients: Sequence[FederatedClient], spent: Mapping[str, float] | None = None,
-    *, aggregator_image: str | None = None,
+    *, aggregator_image: str | None = None, reserved: Mapping[str, float] | None = None,
 ) -> JobPlan:
     """Admit the selected sites and check the job can run with them; raise ManifestError if not.
 
     A selected site whose terms the job does not meet (its policy, including the images it lets
     run the aggregator, given ``aggregator_image``; or its privacy budget given ``spent``: epsilon
-    other jobs already spent on each site, from the sites' ledgers) is refused with the reason in
-    ``JobPlan.refused``; the quorum is computed over the admitted sites.
+    other jobs already spent on each site, from the sites' ledgers, and ``reserved``: what other jobs
+    still running there may yet spend, their admitted target less their spend) is refused with the
+    reason in ``JobPlan.refused``; the quorum is computed over the admitted sites.
     """
     from fedsec.privacy.admission import refusal
 
@@ -59,6 +60,7 @@ def plan_job(
         q_matched = job.spec.quorum.required(len(matched))
         for c in matched:
             reason = refusal(job, c, spent_elsewhere=(spent or {}).get(c.metadata.name, 0.0),
+                             reserved_elsewhere=(reserved or {}).get(c.metadata.name, 0.0),
                              quorum=q_matched, sites=len(matched), aggregator_image=aggregator_image)
             if reason is not None:
                 refused[c.metadata.name] = reason

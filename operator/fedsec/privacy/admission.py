@@ -5,8 +5,11 @@ left out of the job with the reason (in the job's summary and in the site's own 
 job runs on the others if its quorum still holds.
 
 What a job spends at a site, as planned, is its ``targetEpsilon``: the noise is calibrated so that
-the site's epsilon after every planned round is at most that. A job without differential privacy
-has unbounded epsilon, so a site with a budget or a per-job cap never admits one.
+the site's epsilon after every planned round is at most that, and the site's ledger never lets it
+spend more. A job without differential privacy has unbounded epsilon, so a site with a budget or a
+per-job cap never admits one. What the site has left for it is
+:func:`fedsec.privacy.budget.remaining`: the budget less what other jobs spent and what the ones
+still running reserve (their admitted target, until they finish).
 
 The aggregator image is the one the operator will run the job's aggregator from; ``fedsec run`` has
 none (its aggregator is this installation's own process), so a site's image list does not apply there.
@@ -24,6 +27,7 @@ from collections.abc import Sequence
 
 from fedsec.api.client import FederatedClient
 from fedsec.api.job import FederatedJob
+from fedsec.privacy.budget import fits, remaining
 
 
 def planned_epsilon(job: FederatedJob) -> float:
@@ -53,11 +57,12 @@ def image_allowed(patterns: Sequence[str], image: str) -> bool:
 
 def refusal(
     job: FederatedJob, site: FederatedClient, *, spent_elsewhere: float, quorum: int, sites: int,
-    aggregator_image: str | None = None,
+    aggregator_image: str | None = None, reserved_elsewhere: float = 0.0,
 ) -> str | None:
     """Why ``job`` cannot run at ``site`` (None: it can). ``spent_elsewhere`` is the epsilon other
-    jobs have spent on the site (its ledger); ``quorum`` and ``sites`` describe the job's rounds;
-    ``aggregator_image`` is the image the job's aggregator runs from (None: a local run, no image)."""
+    jobs have spent on the site (its ledger) and ``reserved_elsewhere`` what the ones still running
+    may yet spend; ``quorum`` and ``sites`` describe the job's rounds; ``aggregator_image`` is the
+    image the job's aggregator runs from (None: a local run, no image)."""
     pol, s = site.spec.policy, job.spec
     mech, mode = s.privacy.mechanism, s.secure_aggregation.mode
     if pol.allowed_aggregator_images and aggregator_image is not None \
@@ -95,12 +100,14 @@ def refusal(
         return f"the site caps epsilon per job at {cap:g} (policy.maxEpsilonPerJob); the job {what}"
     budget = site.spec.privacy.budget
     if budget is not None:
-        remaining = budget - spent_elsewhere
+        left = remaining(budget, spent_elsewhere, reserved_elsewhere)
+        assert left is not None
         if math.isinf(planned):
-            return f"the site has a privacy budget (epsilon {budget:g}, {remaining:.3g} left); the job has no differential privacy"
-        if planned > remaining + 1e-12:
+            return f"the site has a privacy budget (epsilon {budget:g}, {left:.3g} left); the job has no differential privacy"
+        if not fits(planned, left):
+            reserved = f", {reserved_elsewhere:.3g} reserved by jobs still running" if reserved_elsewhere > 0 else ""
             return (
                 f"the job plans to spend epsilon {planned:g} here but the site's budget of {budget:g} has only "
-                f"{max(remaining, 0.0):.3g} left ({spent_elsewhere:.3g} spent by other jobs)"
+                f"{left:.3g} left ({spent_elsewhere:.3g} spent by other jobs{reserved})"
             )
     return None

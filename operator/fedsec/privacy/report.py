@@ -1,6 +1,8 @@
-"""The privacy part of a job's summary, read from the sites' ledgers (what the operator will read
-from the FederatedClients' status): per site the epsilon this job spent, the site's total, budget
-and what remains; the sites refused and why."""
+"""The privacy part of a job's summary, read from the sites' own ledgers, never from the aggregator
+(which only relays what sites report, forgets it on a restart, and is the job's side): per site the
+epsilon this job spent (the accountant's over the site's recorded releases), the site's total,
+budget and what remains (:func:`fedsec.privacy.budget.remaining`: less what every job spent and
+what the running ones still reserve); the sites refused and why."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 
 from fedsec.api.client import FederatedClient
 from fedsec.api.job import FederatedJob
+from fedsec.privacy.budget import remaining
 from fedsec.privacy.ledger import SiteLedger, ledger_path
 
 
@@ -31,15 +34,16 @@ def privacy_section(
         name = c.metadata.name
         ledger = SiteLedger(ledger_path(ledger_dir, name), name)
         entry = ledger.entry(job_uid) or {}
-        total = ledger.spent()
+        standing = ledger.standing()
         budget = c.spec.privacy.budget
         row: dict[str, Any] = {
             "epsilon_this_job": float(entry.get("epsilon", 0.0)),
             "rounds_released": len(entry.get("releases", [])),
             "status": entry.get("status", "Refused" if name in refused else "Unseen"),
-            "spent_total": total,
+            "spent_total": standing.spent,
+            "reserved_by_running": standing.reserved,
             "budget": budget,
-            "remaining": None if budget is None else max(0.0, budget - total),
+            "remaining": remaining(budget, standing.spent, standing.reserved),
         }
         for k in ("noise_multiplier", "sample_rate", "steps_per_round"):
             if k in entry:

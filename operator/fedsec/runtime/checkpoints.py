@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsec.aggregation.base import Tensors
+from fedsec.storage.atomic import fsync_dir as _fsync_dir
+from fedsec.storage.atomic import write_json_atomic
 from fedsec.wire import tensors as wire_tensors
 
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
@@ -46,25 +48,6 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint {self.path} is corrupt: model hash {digest[:12]}… does not match its metadata")
         specs = tuple(wire_tensors.TensorSpec(n, tuple(s), d) for n, s, d in self.meta["tensors"])
         return wire_tensors.decode(data, specs)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class CheckpointStore:

@@ -30,10 +30,10 @@ from fedsec.api.plan import JobPlan, plan_job
 from fedsec.api.scenario import Fault, Scenario
 from fedsec.crypto import keyring, pki
 from fedsec.runtime import exitcodes
-from fedsec.runtime.checkpoints import write_json_atomic
 from fedsec.runtime.config import AggregatorConfig, ClientConfig, PkiPaths
 from fedsec.runtime.progress import Display
 from fedsec.privacy.ledger import REFUSED, JobRef, SiteLedger, ledger_path
+from fedsec.storage.atomic import write_json_atomic
 from fedsec.privacy.report import privacy_section
 from fedsec.protocol.key_epochs import RotationPolicy, issued_epochs
 from fedsec.runtime.report import SUMMARY
@@ -114,11 +114,14 @@ def prepare(manifests_dir: Path, run_dir: Path | None, job_name: str | None, fau
     if ledger_dir is None:
         ledger_dir = Path(info["ledger_dir"]) if info.get("ledger_dir") else default_ledger_dir(run_dir)
     ledger_dir = ledger_dir.resolve()
-    # Admission reads what other jobs spent on each site (never this job's own spend: a resumed
-    # job was admitted for its whole planned spend already).
-    spent = {c.metadata.name: SiteLedger(ledger_path(ledger_dir, c.metadata.name), c.metadata.name).spent(excluding=job_uid)
-             for c in manifests.clients}
-    plan = plan_job(job, manifests.clients, spent)
+    # Admission reads what other jobs spent on each site and what the ones still running reserve
+    # (their admitted target: two jobs admitted one after the other must not both count on the
+    # same remaining budget); never this job's own spend: a resumed job was admitted for its whole
+    # planned spend already, and its site's ledger bounds it by what was admitted.
+    standing = {c.metadata.name: SiteLedger(ledger_path(ledger_dir, c.metadata.name), c.metadata.name).standing(excluding=job_uid)
+                for c in manifests.clients}
+    plan = plan_job(job, manifests.clients, {n: s.spent for n, s in standing.items()},
+                    reserved={n: s.reserved for n, s in standing.items()})
     _check_faults(faults, plan)
     matched = tuple(c for c in manifests.clients if c.metadata.name in set(plan.site_names) | set(plan.refused))
     layout = RunLayout(run_dir, job, plan, job_uid, faults, ledger_dir, matched)
@@ -139,6 +142,18 @@ def _record_refusals(layout: RunLayout) -> None:
     ref = JobRef(layout.job_uid, layout.job.metadata.name, layout.job.metadata.namespace)
     for name, reason in layout.plan.refused.items():
         SiteLedger(ledger_path(layout.ledger_dir, name), name).set_status(ref, REFUSED, reason)
+
+
+def release_reservations(layout: RunLayout, status: str) -> None:
+    """The job ended (``status`` is final): at every admitted site only its actual spend counts from
+    now on. A client normally records this itself when told the job's end; one stopped before it
+    could would otherwise reserve the rest of the job's target there for good. An interrupted run
+    is not ended (it can be resumed), so it keeps its reservations."""
+    if layout.ledger_dir is None or layout.job.spec.privacy.mechanism == "none":
+        return
+    ref = JobRef(layout.job_uid, layout.job.metadata.name, layout.job.metadata.namespace)
+    for name in layout.plan.site_names:
+        SiteLedger(ledger_path(layout.ledger_dir, name), name).finish(ref, f"job {status}")
 
 
 def privacy_snapshot(layout: RunLayout) -> dict[str, Any]:
@@ -386,6 +401,11 @@ class Launcher:
                     entry["exit_codes"] = codes
                     entry["restarts"] = self.restarts.get(name, 0)
             # ... and the privacy ledgers of the sites, which it reads as the operator reads their status.
+            if summary.get("status") in ("Succeeded", "Failed"):
+                try:
+                    release_reservations(self.layout, summary["status"])
+                except OSError as exc:
+                    self.display.note(f"could not end the job's reservations in the ledgers: {exc}")
             section = self._privacy()
             if section is not None:
                 summary["privacy"] = section

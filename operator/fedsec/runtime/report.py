@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedsec.runtime.checkpoints import write_json_atomic
+from fedsec.storage.atomic import write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     from fedsec.runtime.aggregator import Aggregator
@@ -118,7 +119,7 @@ def write_plot(summary: dict[str, Any], path: Path) -> None:
             ax.legend(loc="best", fontsize=8)
     fig.suptitle(f"{summary['job']}: {summary['status']} after {summary['rounds_completed']} rounds "
                  f"({summary['secure_aggregation']['mode']})")
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
-    tmp.replace(path)
+    write_bytes_atomic(path, png.getvalue(), mode=0o644)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsec.privacy.ledger import REFUSED, JobRef, Release, SiteLedger, ledger_path
+from fedsec.privacy.ledger import REFUSED, JobRef, Release, SiteLedger, Terms, ledger_path
 from fedsec.privacy.report import one_line, privacy_section
 from fedsec.telemetry.metrics import AggregatorMetrics, write_privacy_textfile
 from privacy_manifests import job, site
@@ -16,8 +16,11 @@ def test_section_shows_spend_budget_remaining_and_refusals(tmp_path: Path) -> No
     j = job()
     a, b = site("a", budget=4.0), site("b", budget=0.5)
     la = SiteLedger(ledger_path(tmp_path, "a"), "a")
-    la.record_release(JobRef("other", "old"), Release(1, 1, "x", 4.0, 1.0, 1), delta=1e-5, accountant="rdp")
-    la.record_release(JobRef("uid", "bc"), Release(1, 2, "m", 5.0, 0.5, 2), delta=1e-5, accountant="rdp")
+    t = Terms("dp-sgd", 5.0, 10, 1e-5)
+    la.charge(JobRef("other", "old"), Release(1, 1, "x", 4.0, 1.0, 1), t, b"old", delta=1e-5, accountant="rdp")
+    la.finish(JobRef("other", "old"), "done")
+    la.charge(JobRef("uid", "bc"), Release(1, 2, "m", 5.0, 0.5, 2), t, b"bc", delta=1e-5, accountant="rdp")
+    la.finish(JobRef("uid", "bc"), "done")
     SiteLedger(ledger_path(tmp_path, "b"), "b").set_status(JobRef("uid", "bc"), REFUSED, "too little budget")
     sec = privacy_section(j, "uid", [a, b], {"b": "too little budget"}, tmp_path)
     ra = sec["sites"]["a"]

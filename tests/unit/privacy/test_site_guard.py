@@ -8,41 +8,57 @@ import numpy as np
 import pytest
 
 from fedsec.privacy.distributed import clip_and_noise
-from fedsec.privacy.ledger import EXHAUSTED, JobRef, Release, SiteLedger, ledger_path
+from fedsec.privacy.ledger import EXHAUSTED, JobRef, Release, SiteLedger, Terms, ledger_path
 from fedsec.privacy.site import BudgetExhausted, SitePrivacyGuard
 from privacy_manifests import job, site
 
 
-def test_rounds_are_paid_once_per_model_and_survive_a_new_guard(tmp_path: Path) -> None:
+def test_an_update_is_charged_once_and_its_bytes_re_sent_by_a_new_guard(tmp_path: Path) -> None:
     j, s = job(rounds=5), site("h", budget=4.0)
     g = SitePrivacyGuard(j, "uid", s, tmp_path, n_train=40)
-    p = g.prepare(1, "m1")
-    assert p.reused is None
-    eps1 = g.record(1, 11, "m1", b"update-1")
+    assert g.kept(1, "m1") is None  # nothing paid yet: train
+    eps1 = g.charge(1, 11, "m1", b"update-1")
     g2 = SitePrivacyGuard(j, "uid", s, tmp_path, n_train=40)  # a restarted client
-    again = g2.prepare(1, "m1")
-    assert again.reused == b"update-1" and again.epsilon_after == pytest.approx(eps1)
-    assert g2.prepare(2, "m2").reused is None
+    again = g2.kept(1, "m1")
+    assert again is not None and again.payload == b"update-1" and again.epsilon == pytest.approx(eps1)
+    assert g2.kept(2, "m2") is None
     for r in range(2, 6):
-        g2.record(r, 10 + r, f"m{r}", b"u")
-    assert g2.spent() <= 1.2 and g2.spent() >= 0.95 * 1.2
+        g2.charge(r, 10 + r, f"m{r}", f"u{r}".encode())
+    assert 0.95 * 1.2 <= g2.spent() <= 1.2
+    # the five planned rounds are paid: a sixth release (an extra round, a rollback) is refused
+    with pytest.raises(BudgetExhausted, match="above the 5 planned rounds"):
+        g2.charge(3, 99, "m3", b"u3-retrained")
+    assert g2.spent() <= 1.2
 
 
 def test_budget_exhausted_mid_job_is_recorded(tmp_path: Path) -> None:
     j, s = job(rounds=5), site("h", budget=2.0)
     other = SiteLedger(ledger_path(tmp_path, "h"), "h")
-    other.record_release(JobRef("other", "other"), Release(1, 1, "x", 4.0, 1.0, 1), delta=1e-5, accountant="rdp")
+    # another job (not admitted through this site's plan) spends meanwhile
+    other.charge(JobRef("other", "other"), Release(1, 1, "x", 4.0, 1.0, 1),
+                 Terms("dp-sgd", 5.0, 5, 1e-5), b"x", delta=1e-5, accountant="rdp")
+    other.finish(JobRef("other", "other"), "done")
     assert other.spent() > 0.8  # admitted while the other job had spent less; now it has spent more
     g = SitePrivacyGuard(j, "uid", s, tmp_path, n_train=40)
     done = 0
     with pytest.raises(BudgetExhausted, match="above its budget 2"):
         for r in range(1, 6):
-            g.prepare(r, f"m{r}")
-            g.record(r, r, f"m{r}", b"u")
+            g.charge(r, r, f"m{r}", f"u{r}".encode())
             done += 1
     assert 0 < done < 5
     assert other.spent() <= 2.0
     assert other.entry("uid")["status"] == EXHAUSTED
+
+
+def test_a_running_guard_reserves_its_target_against_a_second_job(tmp_path: Path) -> None:
+    s = site("h", budget=1.5)  # one round of this schedule costs about 0.55
+    first = SitePrivacyGuard(job(rounds=5), "first", s, tmp_path, n_train=40)
+    first.charge(1, 1, "m1", b"u1")
+    second = SitePrivacyGuard(job(rounds=5), "second", s, tmp_path, n_train=40)
+    with pytest.raises(BudgetExhausted, match="reserved by other jobs still running"):
+        second.charge(1, 1, "m1", b"v1")  # the first reserves 1.2 of 1.5 while it runs
+    first.finished("job Succeeded")
+    assert second.charge(1, 1, "m1", b"v1") > 0  # only the first job's actual spend counts now
 
 
 def test_distributed_noise_share_clips_parameters_and_leaves_buffers() -> None:
