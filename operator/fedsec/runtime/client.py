@@ -333,19 +333,15 @@ class SiteClient:
         if self._exhausted:
             return None
         sha = hashlib.sha256(task.model).hexdigest()
-        try:
-            prepared = self.privacy.prepare(task.round_number, sha)
-        except BudgetExhausted as exc:
-            self._exhausted = str(exc)
-            log.warning("%s stops training in this job (BudgetExhausted): %s", self.name, exc)
-            return None
         distributed = self.privacy.mechanism == "distributed-gaussian"
         weight = 1.0 if distributed else float(len(self.train))  # distributed: unweighted mean, sensitivity C
-        if prepared.reused is not None:
+        kept = self.privacy.kept(task.round_number, sha)  # dp-sgd only: the exact bytes of a paid release
+        if kept is not None:
             log.info("round %d: re-sending the update already paid for from this model (epsilon %.4f)",
-                     task.round_number, prepared.epsilon_after)
-            self._metrics = {"epsilon": prepared.epsilon_after}
-            return ClientUpdate(wire_tensors.decode(prepared.reused, specs), weight)
+                     task.round_number, kept.epsilon)
+            self._metrics = {"epsilon": kept.epsilon}
+            return ClientUpdate(wire_tensors.decode(kept.payload, specs), weight)
+        log.info("round %d: training a new release from model %s", task.round_number, sha[:12])
         train_local(self.model, self.train, self.train_config)
         delta = model_delta(tmodels.state_to_numpy(self.model), global_state)
         if distributed:
@@ -353,10 +349,20 @@ class SiteClient:
                 delta, {k for k, _ in self.model.named_parameters()}, clipping_norm=self.privacy.clipping_norm,
                 noise_multiplier=self.privacy.schedule.noise_multiplier, min_survivors=max(1, task.min_survivors),
             )
-        eps = self.privacy.record(task.round_number, task.round_id, sha, wire_tensors.encode(delta))
-        log.info("round %d: epsilon spent by this job here: %.4f", task.round_number, eps)
+        payload = wire_tensors.encode(delta)
+        try:
+            # one step under the ledger's lock: check every limit, keep the bytes, debit; nothing of
+            # the update leaves before this returns
+            eps = self.privacy.charge(task.round_number, task.round_id, sha, payload)
+        except BudgetExhausted as exc:
+            self._exhausted = str(exc)
+            log.warning("%s stops training in this job (BudgetExhausted): %s", self.name, exc)
+            return None
+        log.info("round %d: charged release %s; epsilon spent by this job here: %.4f",
+                 task.round_number, hashlib.sha256(payload).hexdigest()[:12], eps)
         self._metrics = {"epsilon": eps}  # public: what this job has spent here, for the aggregator's metrics
-        return ClientUpdate(delta, weight)
+        # what was charged is what is sent: the decoded bytes, not the tensors that produced them
+        return ClientUpdate(wire_tensors.decode(payload, specs), weight)
 
     # -- scenario faults --------------------------------------------------------------------------
 
