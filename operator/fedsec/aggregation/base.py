@@ -65,10 +65,9 @@ class RoundContext:
     ``participants`` are the client ids selected for this round, sorted. ``min_survivors`` is the
     least number of clients whose updates must be in the aggregate (the quorum, or the secure
     aggregation threshold when that is higher); a protocol that cannot reach it aborts.
-    ``seed`` is public per-round randomness chosen by the server (e.g. for the SecAgg+ neighbour
-    graph); it is bound into every envelope of the round through the round id.
-    ``weight_bound`` is the largest weight (sample count) a participant declared, for protocols that
-    scale weights into a bounded range (secure aggregation); None when nobody declared one.
+    ``seed`` is the round's public randomness (e.g. for the SecAgg+ neighbour graph): always
+    :func:`fedsec.protocol.terms.round_seed` of (job uid, round id), which a client re-derives
+    instead of taking the server's word for it.
     """
 
     job_uid: str
@@ -77,7 +76,6 @@ class RoundContext:
     min_survivors: int
     tensor_specs: tuple[TensorSpec, ...]
     seed: bytes = b""
-    weight_bound: float | None = None
 
     def __post_init__(self) -> None:
         if list(self.participants) != sorted(set(self.participants)):
@@ -181,6 +179,12 @@ class ServerProtocol(abc.ABC):
     def survivors(self) -> int:
         """Clients still able to contribute; the engine aborts early when this falls below quorum."""
         return len(self.expected())
+
+    def blamed(self) -> Mapping[str, str]:
+        """Participants this round's protocol found at fault (client id -> why), once it ended: the
+        engine leaves them out of the round's retries. Only what the server could verify, or a
+        dispute between two clients (both are named), belongs here."""
+        return {}
 
 
 class ClientProtocol(abc.ABC):

@@ -13,6 +13,7 @@ from fedsec.aggregation.base import AggregationMode
 from fedsec.aggregation.plaintext import PlaintextMode
 from fedsec.aggregation.secagg.config import DEFAULT_THRESHOLD, SecAggConfig
 from fedsec.aggregation.secagg.mode import SecAggMode
+from fedsec.aggregation.secagg.server import AdvertVerifier
 from fedsec.api.job import SecureAggregationSpec
 
 STATS_CLIP_RANGE = float(2**20)
@@ -21,20 +22,24 @@ STATS_RING_BITS = 64
 
 def secagg_config(spec: SecureAggregationSpec, *, for_stats: bool = False) -> SecAggConfig:
     threshold = DEFAULT_THRESHOLD if spec.threshold is None else spec.threshold
+    bound = {} if spec.weight_bound is None else {"weight_bound": float(spec.weight_bound)}
     if for_stats:
         return SecAggConfig(
             threshold=threshold, clip_range=STATS_CLIP_RANGE, ring_bits=STATS_RING_BITS,
             neighbours=spec.neighbours or "auto",
+            **bound,
         )
     return SecAggConfig(
         threshold=threshold, clip_range=spec.clip_range, ring_bits=spec.ring_bits,
-        quantization_bits=spec.quantization_bits, neighbours=spec.neighbours or "auto",
+        quantization_bits=spec.quantization_bits, neighbours=spec.neighbours or "auto", **bound,
     )
 
 
-def mode_for(spec: SecureAggregationSpec, *, for_stats: bool = False) -> AggregationMode:
+def mode_for(spec: SecureAggregationSpec, *, for_stats: bool = False,
+             verify_advert: AdvertVerifier | None = None) -> AggregationMode:
+    """The mode ``spec`` names; ``verify_advert`` is the aggregator's check of secagg key adverts."""
     if spec.mode == "none":
         return PlaintextMode()
     if spec.mode == "secagg":
-        return SecAggMode(secagg_config(spec, for_stats=for_stats))
+        return SecAggMode(secagg_config(spec, for_stats=for_stats), verify_advert)
     raise ValueError(f"secureAggregation.mode {spec.mode!r} is not available in this build")

@@ -146,6 +146,11 @@ class SecureAggregationSpec(Spec):
         None, ge=1, le=40, description="fractional bits (default: the most the ring allows; at most 40, and ringBits - 2)"
     )
     neighbours: int | None = Field(None, ge=2, description="SecAgg+ graph degree, even (default: automatic)")
+    weight_bound: float | None = Field(
+        None, gt=0.0, le=1e9,
+        description="public bound on a site's FedAvg weight (its training rows) under secagg: weights are divided by it, "
+        "and a larger one counts as the bound; the same for every site (default 65536)",
+    )
     poly_modulus_degree: int = Field(8192, description="CKKS ring dimension: 4096, 8192, 16384 or 32768")
     global_scale_bits: int = Field(40, ge=20, le=60, description="CKKS scale 2^globalScaleBits")
 

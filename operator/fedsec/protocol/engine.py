@@ -16,14 +16,23 @@ Rules, each in one place here:
 - A phase ends when every expected participant answered (or withdrew), or at its deadline; a
   participant that did not answer is marked dropped until it shows up again.
 - A round commits only with at least ``required`` contributors (the quorum, raised by the mode's
-  threshold); otherwise the attempt is discarded and retried under a new id. After ``max_retries``
-  retries of the same round the job fails with the reason of the last attempt.
+  threshold; :func:`fedsec.protocol.terms.required_survivors`) and only with a finite aggregate;
+  otherwise the attempt is discarded and retried under a new id. After ``max_retries`` retries of
+  the same round the job fails with the reason of the last attempt.
+- The round seed is :func:`fedsec.protocol.terms.round_seed` of (job uid, round id), which every
+  site re-derives; the weight bound is the mode's public one, never a participant's declaration.
+- Sites the protocol blames for an attempt (an invalid key, shares that do not open) sit out the
+  retries of that round; they are back for the next round.
+- An error inside the aggregation protocol (a bug, or input no check foresaw) aborts the attempt
+  with the error as its reason; it never escapes to the driver, whose serving thread must live on.
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from fedsec.aggregation.base import (
     Aborted,
@@ -37,9 +46,7 @@ from fedsec.aggregation.base import (
     TensorSpec,
 )
 from fedsec.protocol.rejections import Rejected
-
-STATS = "stats"
-TRAIN = "train"
+from fedsec.protocol.terms import STATS, TRAIN, required_survivors, round_seed
 RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
 
 
@@ -101,12 +108,21 @@ class RoundDiscarded:
 
 
 @dataclass(frozen=True)
+class SitesBlamed:
+    """The protocol blamed these sites (site -> why) in an attempt; they sit out the round's retries."""
+
+    round_id: int
+    round_number: int
+    blamed: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class JobFinished:
     status: str
     reason: str
 
 
-Effect = RoundStarted | RoundCommitted | RoundDiscarded | JobFinished
+Effect = RoundStarted | RoundCommitted | RoundDiscarded | SitesBlamed | JobFinished
 
 
 # --- what a poll gets ---------------------------------------------------------------------------
@@ -158,6 +174,40 @@ class _Attempt:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
+def _unsound(agg: Aggregate) -> str:
+    """Why an aggregate must not be committed ('' when it may): a non-finite weight or coordinate
+    would poison the model for every later round."""
+    if not (np.isfinite(agg.total_weight) and agg.total_weight > 0):
+        return f"total weight {agg.total_weight}"
+    for name, arr in agg.mean_delta.items():
+        if not np.isfinite(arr).all():
+            return f"tensor {name!r} holds NaN or infinity"
+    return ""
+
+
+class _FailedServer(ServerProtocol):
+    """Stands in for a protocol that could not start a round: the round ends at once with why."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    @property
+    def phase(self) -> str:
+        return "failed"
+
+    def expected(self) -> frozenset[str]:
+        return frozenset()
+
+    def request_for(self, client_id: str) -> bytes | None:
+        return None
+
+    def receive(self, client_id: str, body: bytes) -> None:
+        raise ProtocolRejection("not_expected", "the round could not start")
+
+    def close_phase(self) -> Aborted:
+        return Aborted(self._reason)
+
+
 class RoundEngine:
     def __init__(
         self,
@@ -173,7 +223,7 @@ class RoundEngine:
         self.mode = mode
         self.stats_mode = stats_mode or mode
         self.state = state
-        self._declared: dict[str, float] = {}  # sample counts sites declared: the round's weight bound
+        self._excluded: dict[str, str] = {}  # blamed in an attempt of the current round: site -> why
         self._sites = frozenset(config.sites)
         self._live: set[str] = set()
         self._dropped: set[str] = set()
@@ -182,6 +232,7 @@ class RoundEngine:
         self._quorum_since: float | None = None
         self._pending_since: float | None = None
         self._attempt: _Attempt | None = None
+        self._pending_effects: list[Effect] = []
         self._finished_effect_sent = state.status != RUNNING
 
     # -- queries --------------------------------------------------------------------------------
@@ -225,18 +276,16 @@ class RoundEngine:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def seen(self, site: str, now: float, samples: int | None = None) -> list[Effect]:
-        """Any authenticated message from ``site``: it is live again (and may declare its size)."""
+    def seen(self, site: str, now: float) -> list[Effect]:
+        """Any authenticated message from ``site``: it is live again."""
         if site not in self._sites:
             raise Rejected("unknown-sender", f"{site!r} is not one of this job's {len(self._sites)} admitted sites")
-        if samples:
-            self._declared[site] = float(samples)
         self._live.add(site)
         self._dropped.discard(site)
         return self.tick(now)
 
-    def poll(self, site: str, last_round_id: int, now: float, samples: int | None = None) -> tuple[PollResult, list[Effect]]:
-        effects = self.seen(site, now, samples)
+    def poll(self, site: str, last_round_id: int, now: float) -> tuple[PollResult, list[Effect]]:
+        effects = self.seen(site, now)
         if self.finished:
             return DoneView(self.state.status, self.state.reason), effects
         a = self._attempt
@@ -246,7 +295,10 @@ class RoundEngine:
             return WaitView(f"round {a.round_number} is under way without this site; it joins the next one"), effects
         if site in a.answered or site in a.withdrawn or site not in a.server.expected():
             return WaitView(f"waiting for the other participants of round {a.round_number}"), effects
-        request = a.server.request_for(site)
+        try:
+            request = a.server.request_for(site)
+        except Exception as exc:  # noqa: BLE001 - a protocol bug must end this attempt, not the server
+            return WaitView(f"round {a.round_number} was aborted"), effects + self._protocol_failed(now, "building a request", exc)
         if request is None:
             return WaitView(f"nothing to do in phase {a.server.phase}"), effects
         return (
@@ -295,10 +347,19 @@ class RoundEngine:
                 a.server.receive(site, response)
             except ProtocolRejection as exc:
                 raise Rejected("invalid-update", exc.detail) from None
+            except Exception as exc:  # noqa: BLE001 - see _protocol_failed
+                self._pending_effects = effects + self._protocol_failed(now, f"taking {site!r}'s answer", exc)
+                raise Rejected("invalid-update", f"the aggregation protocol failed on this answer ({type(exc).__name__})") from None
             a.answered.add(site)
             if metrics and phase == a.first_phase:
                 a.metrics[site] = dict(metrics)
         return effects + self._maybe_close_phase(now)
+
+    def take_pending(self) -> list[Effect]:
+        """Effects that arose while a call ended in :class:`Rejected` (an attempt aborted by a
+        protocol error in :meth:`contribute`); the driver carries them out after the refusal."""
+        pending, self._pending_effects = self._pending_effects, []
+        return pending
 
     def tick(self, now: float) -> list[Effect]:
         """Let time pass: start a round, close a phase at its deadline, or give up on joining."""
@@ -325,7 +386,7 @@ class RoundEngine:
         return f"round {self.state.next_round} starts when every site is live or the start grace ends"
 
     def _maybe_start(self, now: float) -> list[Effect]:
-        live = self.live_sites
+        live = self.live_sites - self._excluded.keys()
         enough = len(live) >= self.config.quorum
         if self._gathering:
             # Fresh or restarted: give late sites the start grace once the quorum is there.
@@ -340,7 +401,7 @@ class RoundEngine:
                 return []
             if self._quorum_since is None:
                 self._quorum_since = now
-            if live == self._sites or now >= self._quorum_since + self.config.round_timeout_s:
+            if live == self._sites - self._excluded.keys() or now >= self._quorum_since + self.config.round_timeout_s:
                 return self._start(now, tuple(sorted(live)))
             return []
         if enough:
@@ -365,9 +426,8 @@ class RoundEngine:
         round_id = self.state.last_round_id
         # May exceed the participants (e.g. a secagg threshold the round cannot meet): then the
         # round ends at once below and its protocol says why.
-        required = max(mode.required_survivors(len(participants), self.config.quorum), self.config.quorum)
-        declared = [self._declared[p] for p in participants if p in self._declared]
-        seed = hashlib.sha256(f"{self.config.job_uid}/{round_id}".encode()).digest()
+        required = required_survivors(mode, len(participants), self.config.quorum)
+        seed = round_seed(self.config.job_uid, round_id)
         ctx = RoundContext(
             job_uid=self.config.job_uid,
             round_id=round_id,
@@ -375,9 +435,11 @@ class RoundEngine:
             min_survivors=min(required, len(participants)),
             tensor_specs=specs,
             seed=seed,
-            weight_bound=max(declared) if declared else None,
         )
-        server = mode.server(ctx)
+        try:
+            server = mode.server(ctx)
+        except Exception as exc:  # noqa: BLE001 - a round the protocol cannot set up is lost, the job is not
+            server = _FailedServer(f"the aggregation protocol could not start the round: {type(exc).__name__}: {exc}")
         self._attempt = _Attempt(
             round_id=round_id,
             round_number=number,
@@ -393,7 +455,7 @@ class RoundEngine:
         self._gathering = False
         self._quorum_since = self._pending_since = None
         effects: list[Effect] = [RoundStarted(round_id, number, kind, participants, self.state.attempt)]
-        if len(participants) < required:
+        if len(participants) < required or isinstance(server, _FailedServer):
             effects += self._close_phase(now, deadline=True)
         return effects
 
@@ -401,33 +463,46 @@ class RoundEngine:
         a = self._attempt
         if a is None:
             return []
-        if not (a.server.expected() - a.answered - a.withdrawn):
+        try:
+            waiting = a.server.expected() - a.answered - a.withdrawn
+            # Withdrawn sites still count among the protocol's survivors only in the phase they withdrew
+            # from (they are still expected there); in later phases the protocol has dropped them itself.
+            short = a.server.survivors() - len(a.withdrawn & a.server.expected()) < a.required
+        except Exception as exc:  # noqa: BLE001 - see _protocol_failed
+            return self._protocol_failed(now, "counting survivors", exc)
+        if not waiting:
             return self._close_phase(now, deadline=False)
-        # Withdrawn sites still count among the protocol's survivors only in the phase they withdrew
-        # from (they are still expected there); in later phases the protocol has dropped them itself.
-        if a.server.survivors() - len(a.withdrawn & a.server.expected()) < a.required:
+        if short:
             return self._close_phase(now, deadline=True)
         return []
 
     def _close_phase(self, now: float, deadline: bool) -> list[Effect]:
         a = self._attempt
         assert a is not None
-        missing = a.server.expected() - a.answered
-        if deadline:
-            self._dropped |= missing  # silent until they show up again
-        outcome = a.server.close_phase()
+        try:
+            missing = a.server.expected() - a.answered
+            if deadline:
+                self._dropped |= missing  # silent until they show up again
+            outcome = a.server.close_phase()
+        except Exception as exc:  # noqa: BLE001 - see _protocol_failed
+            return self._protocol_failed(now, "closing a phase", exc)
         if isinstance(outcome, NextPhase):
             a.answered.clear()
             a.phase_deadline = now + self.config.round_timeout_s
             return self._maybe_close_phase(now)
         self._attempt = None
+        effects = self._blame(a)
         if isinstance(outcome, Finished):
             agg = outcome.aggregate
             if len(agg.contributors) < a.required:
-                return self._discard(a, now, f"{len(agg.contributors)} contributors; the quorum is {a.required}")
+                return effects + self._discard(a, now, f"{len(agg.contributors)} contributors; the quorum is {a.required}")
+            unsound = _unsound(agg)
+            if unsound:
+                return effects + self._discard(a, now, f"the aggregate is unusable ({unsound}); nothing was committed")
             self.state.next_round += 1
             self.state.attempt = 0
-            effects: list[Effect] = [
+            self._excluded.clear()
+            effects += [
                 RoundCommitted(
                     a.round_id,
                     a.round_number,
@@ -446,7 +521,27 @@ class RoundEngine:
                 effects += self._maybe_start(now)
             return effects
         assert isinstance(outcome, Aborted)
-        return self._discard(a, now, outcome.reason)
+        return effects + self._discard(a, now, outcome.reason)
+
+    def _blame(self, a: _Attempt) -> list[Effect]:
+        try:
+            blamed = {s: r for s, r in a.server.blamed().items() if s in a.participants}
+        except Exception:  # noqa: BLE001 - blame is advice; an attempt's outcome must not depend on it
+            return []
+        if not blamed:
+            return []
+        self._excluded.update(blamed)
+        return [SitesBlamed(a.round_id, a.round_number, dict(blamed))]
+
+    def _protocol_failed(self, now: float, what: str, exc: Exception) -> list[Effect]:
+        """The aggregation protocol raised where it must not: end the attempt with the error as its
+        reason (the driver audits it) and carry on with a retry, as for any aborted attempt."""
+        a = self._attempt
+        if a is None:
+            return []
+        self._attempt = None
+        return self._discard(a, now, f"internal error in the aggregation protocol while {what}: "
+                                     f"{type(exc).__name__}: {exc}"[:500])
 
     def _discard(self, a: _Attempt, now: float, reason: str) -> list[Effect]:
         effects: list[Effect] = [RoundDiscarded(a.round_id, a.round_number, self.state.attempt, reason)]

@@ -13,11 +13,12 @@ from fedsec.aggregation.secagg.config import (
     threshold_count,
 )
 from fedsec.aggregation.secagg.mode import SecAggMode
-from fedsec.aggregation.secagg.phases import ADVERTISE, MASKED_INPUT, PHASES, SHARE, UNMASK
+from fedsec.aggregation.secagg.phases import ADVERTISE, CONSISTENCY, MASKED_INPUT, PHASES, SHARE, UNMASK
 from fedsec.aggregation.secagg.server import SecAggServer
 
 __all__ = [
     "ADVERTISE",
+    "CONSISTENCY",
     "MASKED_INPUT",
     "PHASES",
     "SHARE",

@@ -4,18 +4,28 @@ advertise      -> fresh cipher and mask key pairs, a self-mask seed b, a signed 
 share          -> verify the neighbours' adverts; Shamir-share b and the mask private key among the
                   closed neighbourhood; seal each neighbour's pair of shares under the cipher key
 masked-input   -> open the shares neighbours sent; send y = Q(w * x) + PRG(b) +- PRG(s_uv) ...
-unmask         -> reveal, for each neighbour, the share of b (it survived) or of its mask key (it
-                  dropped), never both, and only once
+consistency    -> the server shows the survivor set U3; confirm it to each surviving neighbour with
+                  a MAC under the pair's agreed key
+unmask         -> check enough neighbours confirmed the same U3; reveal, for each neighbour, the
+                  share of b (it survived) or of its mask key (it dropped), never both, and only once
 
-Every check the client can make without trusting the server is made here: the parameters match its
-own derivation from the job spec, the neighbours are those of the public graph, every advert carries
-a valid identity signature, every ciphertext authenticates, enough neighbours take part, and the
-unmask request names each neighbour in exactly one role. A failed check is a refusal
-(ProtocolRejection): the client forgets its secrets and answers nothing more this round.
+Every check the client can make without trusting the server is made here: the parameters (weight
+bound included) match its own derivation from the job spec, the neighbours are those of the public
+graph, every advert carries a valid identity signature and valid keys, every ciphertext
+authenticates, enough neighbours take part, the survivor set is confirmed by enough neighbours,
+and the unmask request names each neighbour in exactly one role, as that set says.
+
+Two kinds of failure. A *peer's* fault — an advert that does not verify, a low-order key, shares
+that do not open — leaves that peer out of this client's round (named in the answer's ``blamed``
+list, so the server can leave the pair out and the engine can exclude the culprit from the retry);
+the round goes on as long as the local threshold holds. A *server's* fault — parameters, peers or
+survivor sets that contradict the client's own derivation — is a refusal (ProtocolRejection): the
+client forgets its secrets and answers nothing more this round.
 """
 
 from __future__ import annotations
 
+import hmac
 import math
 import os
 
@@ -86,11 +96,16 @@ class SecAggClient(ClientProtocol):
         self._mask: keys.KeyPair | None = None
         self._seed: bytes | None = None
         self._weight_bound = 0.0
-        self._peers: dict[int, pb.SecAggKeyAdvert] = {}
         self._share_keys: dict[int, bytes] = {}
         self._held: dict[int, tuple[int, int]] = {}  # owner -> (seed share, mask-key share) at my x
         self._own: tuple[int, int] | None = None
         self._senders: set[int] = set()
+        self._mask_seeds: dict[int, bytes] = {}  # peer -> pairwise mask seed s_uv (agreed at share)
+        self._confirm_keys: dict[int, bytes] = {}  # peer -> the pair's consistency MAC key
+        self._survivors: frozenset[int] | None = None  # U3 as the server showed it
+        self._digest = b""
+        self.blamed: dict[int, str] = {}
+        """Peers this client left out of the round, and why (public: reported to the server)."""
 
     @property
     def state(self) -> str:
@@ -112,6 +127,7 @@ class SecAggClient(ClientProtocol):
             ph.ADVERTISE: self._advertise,
             ph.SHARE: self._share,
             ph.MASKED_INPUT: self._masked_input,
+            ph.CONSISTENCY: self._consistency,
             ph.UNMASK: self._unmask,
         }[phase]
         try:
@@ -137,9 +153,12 @@ class SecAggClient(ClientProtocol):
                 "(participants, degree, threshold, local threshold, ring bits, quantization bits, "
                 "clip range, dimension)",
             )
-        if not (math.isfinite(p.weight_bound) and p.weight_bound > 0):
-            raise ProtocolRejection("params_mismatch", f"weight bound {p.weight_bound} is not positive")
-        self._weight_bound = p.weight_bound
+        if p.weight_bound != mine.weight_bound:
+            # Chosen per client, a bound could round every update but a victim's to zero.
+            raise ProtocolRejection(
+                "params_mismatch", f"server's weight bound {p.weight_bound!r} is not the plan's {mine.weight_bound!r}"
+            )
+        self._weight_bound = mine.weight_bound
         self._cipher, self._mask = keys.KeyPair(), keys.KeyPair()
         self._seed = os.urandom(shamir.SECRET_BYTES)
         commitment = keys.seed_commitment(self._binding, self._me, self._seed)
@@ -159,29 +178,32 @@ class SecAggClient(ClientProtocol):
         assert self._cipher is not None and self._mask is not None and self._seed is not None
         req = ph.parse(pb.SecAggShareRequest, body, "share request")
         peers: dict[int, pb.SecAggKeyAdvert] = {}
+        seen: set[int] = set()
         for entry in req.peers:
             v = entry.index
             if v not in self._neighbours:
                 raise ProtocolRejection("unknown_peer", f"participant #{v} is not a neighbour of this client")
-            if v in peers:
+            if v in seen:
                 raise ProtocolRejection("malformed", f"participant #{v} advertised twice")
+            seen.add(v)
             a = entry.advert
-            if (len(a.cipher_public_key) != keys.KEY_BYTES or len(a.mask_public_key) != keys.KEY_BYTES
-                    or len(a.seed_commitment) != keys.COMMITMENT_BYTES):
-                raise ProtocolRejection("wrong_size", f"advert of participant #{v} has keys of the wrong size")
             peer_id = self._ctx.participants[v]
+            if len(a.seed_commitment) != keys.COMMITMENT_BYTES or not (
+                    keys.valid_public_key(a.cipher_public_key) and keys.valid_public_key(a.mask_public_key)):
+                self.blamed[v] = "bad_key"
+                continue
             signed = keys.advert_message(
                 self._binding, peer_id, a.cipher_public_key, a.mask_public_key, a.seed_commitment
             )
             if not self._id.verify(peer_id, a.cert, signed, a.signature):
-                raise ProtocolRejection(
-                    "bad_signature", f"key advert of {peer_id!r} is not signed by its certified identity"
-                )
+                # A forged or substituted advert: never share with (or mask against) that key.
+                self.blamed[v] = "bad_signature"
+                continue
             peers[v] = a
         if len(peers) + 1 < self._params.local_threshold:
             raise ProtocolRejection(
                 "below_threshold",
-                f"only {len(peers)} neighbours advertised keys; {self._params.local_threshold - 1} needed",
+                f"only {len(peers)} neighbours advertised valid keys; {self._params.local_threshold - 1} needed",
             )
         holders = sorted(peers.keys() | {self._me})
         xs = [h + 1 for h in holders]
@@ -192,22 +214,27 @@ class SecAggClient(ClientProtocol):
             if h == self._me:
                 self._own = (sy, ky)
                 continue
-            try:
-                key = self._cipher.agree(
-                    peers[h].cipher_public_key, keys.pair_info(ph.SHARE_KEY, self._binding, self._me, h)
-                )
-            except ValueError as exc:
-                raise ProtocolRejection("bad_key", f"cipher key of participant #{h}: {exc}") from None
-            self._share_keys[h] = key
+            # Keys were checked above (valid, not of low order): these agreements cannot fail.
+            share_key, confirm_key = self._cipher.agree_many(
+                peers[h].cipher_public_key,
+                (keys.pair_info(ph.SHARE_KEY, self._binding, self._me, h),
+                 keys.pair_info(ph.CONFIRM_KEY, self._binding, self._me, h)),
+            )
+            self._share_keys[h], self._confirm_keys[h] = share_key, confirm_key
+            self._mask_seeds[h] = self._mask.agree(
+                peers[h].mask_public_key, keys.pair_info(ph.MASK_SEED, self._binding, self._me, h)
+            )
             plaintext = shamir.encode_share(sy) + shamir.encode_share(ky)
-            out.shares.add(peer=h, ciphertext=aead.seal(key, self._binding, self._me, h, plaintext))
-        self._peers = peers
-        self._cipher = None  # its only use was the share keys, kept per peer
+            out.shares.add(peer=h, ciphertext=aead.seal(share_key, self._binding, self._me, h, plaintext))
+        for v, why in sorted(self.blamed.items()):
+            out.blamed.add(peer=v, reason=why)
+        self._cipher = None  # its only uses were the share and confirmation keys, kept per peer
+        self._mask = None  # shared above; the pairwise seeds it agreed are kept per peer
         self._state = ph.MASKED_INPUT
         return out.SerializeToString()
 
     def _masked_input(self, body: bytes) -> bytes:
-        assert self._mask is not None and self._seed is not None and self._delta is not None
+        assert self._seed is not None and self._delta is not None
         req = ph.parse(pb.SecAggMaskedInputRequest, body, "masked-input request")
         senders = ph.distinct([s.peer for s in req.shares], "masked-input request")
         unknown = senders - self._share_keys.keys()
@@ -221,6 +248,7 @@ class SecAggClient(ClientProtocol):
                 f"only {len(senders)} neighbours sent shares; {self._params.local_threshold - 1} needed",
             )
         held: dict[int, tuple[int, int]] = {}
+        bad_shares: list[int] = []
         for s in req.shares:
             try:
                 plain = aead.open_(self._share_keys[s.peer], self._binding, s.peer, self._me, s.ciphertext)
@@ -230,8 +258,11 @@ class SecAggClient(ClientProtocol):
                     shamir.decode_share(plain[: shamir.SHARE_BYTES]),
                     shamir.decode_share(plain[shamir.SHARE_BYTES:]),
                 )
-            except ValueError as exc:
-                raise ProtocolRejection("bad_share", f"shares from participant #{s.peer}: {exc}") from None
+            except ValueError:
+                # The peer still masks with us (our pairwise seed needs no shares): we mask with it
+                # too and only cannot help rebuild its secrets. Say so, and go on.
+                bad_shares.append(s.peer)
+                self.blamed[s.peer] = "bad_share"
         params = self._params
         fixed = params.fixed
         d = params.dimension
@@ -242,28 +273,61 @@ class SecAggClient(ClientProtocol):
         mask = Expander(d + 1, fixed.dtype)
         vec += mask(self._seed)
         for v in sorted(senders):
-            try:
-                seed = self._mask.agree(
-                    self._peers[v].mask_public_key, keys.pair_info(ph.MASK_SEED, self._binding, self._me, v)
-                )
-            except ValueError as exc:
-                raise ProtocolRejection("bad_key", f"mask key of participant #{v}: {exc}") from None
             # The lower index adds, the higher subtracts: the pair cancels in the sum.
             if self._me < v:
-                vec += mask(seed)
+                vec += mask(self._mask_seeds[v])
             else:
-                vec -= mask(seed)
+                vec -= mask(self._mask_seeds[v])
         self._held, self._senders = held, senders
-        # Only shares are needed from here on; the update, the seed and the mask key are not.
+        # Only shares and confirmation keys are needed from here on.
         self._delta = None
         self._seed = None
-        self._mask = None
+        self._mask_seeds = {}
         self._share_keys = {}
+        self._state = ph.CONSISTENCY
+        out = pb.SecAggMaskedInputResponse(masked=ph.ring_bytes(vec))
+        for v in bad_shares:
+            out.blamed.add(peer=v, reason="bad_share")
+        return out.SerializeToString()
+
+    def _consistency(self, body: bytes) -> bytes:
+        req = ph.parse(pb.SecAggConsistencyRequest, body, "consistency request")
+        u3 = ph.distinct(list(req.survivors), "consistency request")
+        n = len(self._ctx.participants)
+        if any(i >= n for i in u3):
+            raise ProtocolRejection("unknown_peer", "the survivor set names participants the round does not have")
+        if self._me not in u3:
+            raise ProtocolRejection("inconsistent", "the survivor set leaves out this client, whose input was sent")
+        if len(u3) < self._ctx.min_survivors:
+            raise ProtocolRejection(
+                "below_threshold", f"{len(u3)} survivors; the round commits only with {self._ctx.min_survivors}"
+            )
+        surviving = (u3 - {self._me}) & self._neighbours
+        strangers = surviving - self._senders
+        if strangers:
+            # A survivor completed "share", so a neighbour in U3 is one whose shares reached us,
+            # unless one of us left the other out; either way we know who masked with us.
+            raise ProtocolRejection(
+                "inconsistent", f"the survivor set names neighbours {sorted(strangers)} that never exchanged shares with us"
+            )
+        if len(surviving) + 1 < self._params.local_threshold:
+            raise ProtocolRejection(
+                "below_threshold",
+                f"only {len(surviving)} neighbours survived; {self._params.local_threshold - 1} needed",
+            )
+        self._survivors = frozenset(u3)
+        self._digest = ph.survivors_digest(u3)
+        binding = self._binding.encode()
+        out = pb.SecAggConsistencyResponse()
+        for w in sorted(surviving):
+            out.confirmations.add(
+                peer=w, mac=ph.confirmation(self._confirm_keys[w], binding, self._me, w, self._digest)
+            )
         self._state = ph.UNMASK
-        return pb.SecAggMaskedInputResponse(masked=ph.ring_bytes(vec)).SerializeToString()
+        return out.SerializeToString()
 
     def _unmask(self, body: bytes) -> bytes:
-        assert self._own is not None
+        assert self._own is not None and self._survivors is not None
         req = ph.parse(pb.SecAggUnmaskRequest, body, "unmask request")
         survivors = ph.distinct(list(req.survivors), "unmask request (survivors)")
         dropped = ph.distinct(list(req.dropped), "unmask request (dropped)")
@@ -283,16 +347,34 @@ class SecAggClient(ClientProtocol):
                 f"unmask request must name exactly the {len(self._senders)} neighbours that sent shares; "
                 f"unexpected {sorted(named - self._senders)}, missing {sorted(self._senders - named)}",
             )
-        if len(survivors) + 1 < self._params.local_threshold:
+        if survivors != named & self._survivors:
+            raise ProtocolRejection(
+                "inconsistent", "the unmask request's survivors differ from the survivor set this client confirmed"
+            )
+        binding = self._binding.encode()
+        confirmed: set[int] = set()
+        for c in req.confirmations:
+            if c.peer not in survivors or c.peer in confirmed:
+                raise ProtocolRejection("malformed", f"confirmation from participant #{c.peer}, not a surviving neighbour "
+                                        "or given twice")
+            expected = ph.confirmation(self._confirm_keys[c.peer], binding, c.peer, self._me, self._digest)
+            if not hmac.compare_digest(expected, c.mac):
+                # The neighbour vouched for another survivor set, or the server forged it: the server
+                # is telling clients different stories about who dropped.
+                raise ProtocolRejection(
+                    "inconsistent", f"participant #{c.peer} confirmed a different survivor set than this client was shown"
+                )
+            confirmed.add(c.peer)
+        if len(confirmed) + 1 < self._params.local_threshold:
             raise ProtocolRejection(
                 "below_threshold",
-                f"only {len(survivors)} neighbours survived; {self._params.local_threshold - 1} needed",
+                f"only {len(confirmed)} neighbours confirmed the survivor set; {self._params.local_threshold - 1} needed",
             )
         out = pb.SecAggUnmaskResponse()
         out.seed_shares.add(owner=self._me, share=shamir.encode_share(self._own[0]))
-        for v in sorted(survivors):
+        for v in sorted(survivors & self._held.keys()):
             out.seed_shares.add(owner=v, share=shamir.encode_share(self._held[v][0]))
-        for v in sorted(dropped):
+        for v in sorted(dropped & self._held.keys()):
             out.mask_key_shares.add(owner=v, share=shamir.encode_share(self._held[v][1]))
         self._forget()
         self._state = _DONE
@@ -304,6 +386,8 @@ class SecAggClient(ClientProtocol):
         self._cipher = self._mask = None
         self._seed = None
         self._share_keys = {}
+        self._confirm_keys = {}
+        self._mask_seeds = {}
         self._held = {}
         self._own = None
 

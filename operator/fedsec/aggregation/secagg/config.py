@@ -62,18 +62,18 @@ class SecAggConfig:
         2 * ceil(log2 n). "complete": always the complete graph (plain Bonawitz et al.). An even
         int k >= 2: that degree (complete when k >= n - 1).
     complete_graph_max: largest round for which "auto" uses the complete graph (default 32).
-    neighbourhood_threshold: in a sparse graph a client's secrets are shared among its k + 1
-        closed neighbourhood only. "majority" (default): any strict majority of it rebuilds them,
-        the least that defeats a server lying about dropouts, and what keeps a round alive when 10%
-        of clients drop (a neighbourhood of 15 tolerates 7 losses). "proportional": the round's
-        threshold fraction applied to the neighbourhood, for margin against colluding clients at the
-        price of more aborted rounds under dropout. The complete graph always uses ``threshold``.
-    weight_bound: clients divide their weight (sample count) by this bound and cap the result at 1
-        before masking it, so weights of any size fit the ring's headroom; a weight above the bound
-        counts as the bound. The server publishes it per round (``SecAggMode.server(ctx,
-        weight_bound=...)``, best the largest sample count the participants declared: precision is
-        lost in proportion to how far the weights sit below the bound); this is the default when
-        it does not (65536).
+        In a sparse graph a client's secrets are shared among its k + 1 closed neighbourhood only,
+        and the local threshold is the round's threshold fraction of that neighbourhood, never
+        less than a strict majority of it (:meth:`RoundParams.derive`): the job's threshold holds
+        in every neighbourhood, whatever the graph. The complete graph uses ``threshold`` itself.
+    weight_bound: clients divide their weight (sample count) by this public bound and cap the
+        result at 1 before masking it, so weights of any size fit the ring's headroom; a weight
+        above the bound counts as the bound. It comes from the job's plan (``spec.secureAggregation
+        .weightBound``), the same for every client and every round, and each client checks the
+        server publishes exactly it: a bound the server chose per client could round everyone but
+        a victim to zero, and one site declaring a huge size would wipe out the others' precision.
+        Precision is relative to the bound: the error bound in docs/secure-aggregation.md grows as
+        the weights sit below it.
     """
 
     threshold: float | int = DEFAULT_THRESHOLD
@@ -82,7 +82,6 @@ class SecAggConfig:
     quantization_bits: int | None = None
     neighbours: int | Literal["auto", "complete"] = "auto"
     complete_graph_max: int = 32
-    neighbourhood_threshold: Literal["majority", "proportional"] = "majority"
     weight_bound: float = float(2**16)
 
     def validate(self) -> None:
@@ -118,11 +117,6 @@ class SecAggConfig:
                 or self.complete_graph_max < 1:
             raise ValueError(
                 f"complete_graph_max: must be a positive integer, got {self.complete_graph_max!r}"
-            )
-        if self.neighbourhood_threshold not in ("majority", "proportional"):
-            raise ValueError(
-                "neighbourhood_threshold: must be 'majority' or 'proportional', "
-                f"got {self.neighbourhood_threshold!r}"
             )
         if not (isinstance(self.weight_bound, (int, float)) and math.isfinite(self.weight_bound)
                 and self.weight_bound > 0):
@@ -226,9 +220,8 @@ class RoundParams:
         return self.degree == self.participants - 1
 
     @classmethod
-    def derive(
-        cls, config: SecAggConfig, n: int, dimension: int, weight_bound: float | None = None
-    ) -> RoundParams:
+    def derive(cls, config: SecAggConfig, n: int, dimension: int) -> RoundParams:
+        """The one derivation both sides run; a client refuses a server whose numbers differ."""
         config.validate()
         t = threshold_count(config, n)
         k = degree(config, n)
@@ -236,10 +229,5 @@ class RoundParams:
             local = t
         else:
             m = k + 1  # a closed neighbourhood: the client and its k neighbours hold its shares
-            local = m // 2 + 1
-            if config.neighbourhood_threshold == "proportional":
-                local = min(m, max(local, math.ceil(_majority_fraction(config, n) * m - 1e-9)))
-        wb = config.weight_bound if weight_bound is None else weight_bound
-        if not (math.isfinite(wb) and wb > 0):
-            raise ValueError(f"weight_bound: must be a positive finite number, got {wb!r}")
-        return cls(n, k, t, local, fixed_point(config, n), dimension, float(wb))
+            local = min(m, max(m // 2 + 1, math.ceil(_majority_fraction(config, n) * m - 1e-9)))
+        return cls(n, k, t, local, fixed_point(config, n), dimension, float(config.weight_bound))

@@ -12,25 +12,27 @@ from fedsec.aggregation.base import (
 from fedsec.aggregation.secagg.client import SecAggClient
 from fedsec.aggregation.secagg.config import MIN_PARTICIPANTS, SecAggConfig, threshold_count
 from fedsec.aggregation.secagg.phases import PHASES
-from fedsec.aggregation.secagg.server import SecAggServer
+from fedsec.aggregation.secagg.server import AdvertVerifier, SecAggServer
 
 
 class SecAggMode(AggregationMode):
-    """Bonawitz et al. secure aggregation over the SecAgg+ graph of Bell et al.
+    """Bonawitz et al. secure aggregation over the SecAgg+ graph of Bell et al., with their
+    consistency check.
 
-    ``server(ctx, weight_bound=...)`` takes the bound clients divide their weights by; the engine
-    may pass e.g. the largest sample count the round's participants declared (otherwise the
-    config's ``weight_bound``).
+    ``verify_advert`` (optional) lets the server check each key advert's identity signature itself
+    (the aggregator passes the job CA's verifier), so a forged advert blames its sender at once
+    instead of costing every neighbour its check; the clients check it regardless.
     """
 
     info = ModeInfo(name="secagg", server_sees_individual_updates=False, phases=PHASES)
 
-    def __init__(self, config: SecAggConfig | None = None) -> None:
+    def __init__(self, config: SecAggConfig | None = None, verify_advert: AdvertVerifier | None = None) -> None:
         self.config = config if config is not None else SecAggConfig()
         self.config.validate()
+        self.verify_advert = verify_advert
 
-    def server(self, ctx: RoundContext, weight_bound: float | None = None) -> SecAggServer:
-        return SecAggServer(self.config, ctx, weight_bound if weight_bound is not None else ctx.weight_bound)
+    def server(self, ctx: RoundContext) -> SecAggServer:
+        return SecAggServer(self.config, ctx, self.verify_advert)
 
     def client(self, ctx: RoundContext, identity: PeerIdentity, update: ClientUpdate) -> SecAggClient:
         return SecAggClient(self.config, ctx, identity, update)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import numpy as np
@@ -15,14 +18,36 @@ from fedsec.crypto.secagg import shamir
 ADVERTISE = "advertise"
 SHARE = "share"
 MASKED_INPUT = "masked-input"
+CONSISTENCY = "consistency"
 UNMASK = "unmask"
-PHASES = (ADVERTISE, SHARE, MASKED_INPUT, UNMASK)
+PHASES = (ADVERTISE, SHARE, MASKED_INPUT, CONSISTENCY, UNMASK)
 
 SHARE_PLAINTEXT_BYTES = 2 * shamir.SHARE_BYTES  # seed share || mask-key share
 
 # HKDF purposes: one agreement never keys two things.
 SHARE_KEY = b"share-key"
+CONFIRM_KEY = b"consistency-mac"
 MASK_SEED = b"pairwise-mask"
+
+MAC_BYTES = 32
+# What a client may say of a peer it left out; anything else is a malformed answer.
+BLAME_REASONS = frozenset({"bad_signature", "bad_key", "bad_share"})
+_CONFIRM_DOMAIN = b"fedsec/secagg/v1/consistency\x00"
+
+
+def survivors_digest(survivors: Iterable[int]) -> bytes:
+    """SHA-256 of a sorted survivor set: what a consistency confirmation vouches for."""
+    return hashlib.sha256(b"".join(struct.pack(">I", i) for i in sorted(survivors))).digest()
+
+
+def confirmation(key: bytes, binding: bytes, sender: int, recipient: int, digest: bytes) -> bytes:
+    """``sender``'s MAC to ``recipient`` that it was shown the survivor set with ``digest``.
+
+    Keyed by the pair's consistency key, which came from their authenticated key agreement: the
+    server relays it but cannot make one, so a matching MAC means the neighbour saw the same set.
+    """
+    msg = _CONFIRM_DOMAIN + binding + struct.pack(">II", sender, recipient) + digest
+    return hmac.new(key, msg, hashlib.sha256).digest()
 
 M = TypeVar("M", bound=Message)
 

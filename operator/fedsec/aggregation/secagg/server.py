@@ -11,11 +11,22 @@ masked-input  each client in U2 gets the sealed shares addressed to it and retur
               vector, which is added to a running sum at once and never kept; U3 = those who
               answered. Fewer than max(min_survivors, threshold) aborts here, before any share is
               revealed.
-unmask        each client in U3 is told which neighbours survived (reveal seed shares) and which
-              dropped after sharing (reveal mask-key shares); U4 = those who answered. The server
-              rebuilds each survivor's seed and each dropped client's mask key from the local
-              threshold of shares, checks them against the adverts, strips the masks and divides
-              the weighted sum by the summed weight.
+consistency   each client in U3 is shown U3 and returns a MAC of it for each surviving neighbour
+              (Bonawitz et al.'s consistency check, keyed by the pairs' agreed keys); Uc = those
+              who answered. The server relays the MACs; it cannot make them.
+unmask        each client in Uc is told which neighbours survived (reveal seed shares) and which
+              dropped after sharing (reveal mask-key shares), with its neighbours' MACs; U4 = those
+              who answered. The server rebuilds each survivor's seed and each dropped client's mask
+              key from the local threshold of shares, checks them against the adverts, strips the
+              masks and divides the weighted sum by the summed weight.
+
+Faults. What anyone can check on a public message — key sizes, low-order keys, an advert's
+signature (when the mode was given the job CA's verifier) — the server checks itself: the culprit's
+answer is refused, it leaves the round, and it is blamed (``blamed()``), so the engine leaves it out
+of the round's retries. What only a client can see — shares that do not open — a client reports;
+the server leaves that pair out (the pairwise masks still cancel: they need no shares) and blames
+both ends, since it cannot tell which one lies. A client that accuses an advert the server verified
+is the one blamed. Every error in the last step aborts the round with a reason; nothing escapes.
 
 What the server stores: adverts (public keys), sealed shares in transit, the running masked sum and
 the revealed shares. It never holds an individual update in the clear, and an individual masked
@@ -25,6 +36,7 @@ vector only for the moment it is added to the sum.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -51,26 +63,30 @@ _MAX_CERT_BYTES = 16 * 1024
 _SEALED_BYTES = aead.OVERHEAD + ph.SHARE_PLAINTEXT_BYTES
 
 
+AdvertVerifier = Callable[[str, bytes, bytes, bytes], bool]
+"""(client id, DER certificate, signed bytes, signature) -> whether the job CA's identity signed it."""
+
+
 class SecAggServer(ServerProtocol):
     """The aggregator's part in one round; see the module docstring for the phases."""
 
-    def __init__(self, config: SecAggConfig, ctx: RoundContext, weight_bound: float | None = None) -> None:
+    def __init__(self, config: SecAggConfig, ctx: RoundContext, verify_advert: AdvertVerifier | None = None) -> None:
         n = len(ctx.participants)
         dim = sum(spec.size for spec in ctx.tensor_specs)
         self._ctx = ctx
+        self._verify = verify_advert
         self._outcome: PhaseOutcome | None = None
         try:
-            self._params = RoundParams.derive(config, n, dim, weight_bound)
+            self._params = RoundParams.derive(config, n, dim)
         except ValueError as exc:
             # A round the config cannot serve (too few participants, a count threshold that is not a
             # majority of this round) ends at once with the reason, rather than failing the engine;
             # check_consistency catches these before a job starts.
-            self._params = RoundParams.derive(SecAggConfig(threshold=1.0), max(n, 2), dim, 1.0)
+            self._params = RoundParams.derive(SecAggConfig(threshold=1.0), max(n, 2), dim)
             self._outcome = Aborted(f"secure aggregation: {exc}")
         self._required = max(ctx.min_survivors, self._params.threshold)
         self._binding = keys.RoundBinding(ctx.job_uid, ctx.round_id)
         self._graph = neighbour_graph(n, self._params.degree, graph_seed(self._binding, ctx.seed))
-        self._closed = tuple(nb | {i} for i, nb in enumerate(self._graph))
         self._index = {cid: i for i, cid in enumerate(ctx.participants)}
         self._phase = ph.ADVERTISE
         self._active: set[int] = set(range(n))
@@ -81,9 +97,14 @@ class SecAggServer(ServerProtocol):
         self._u1: set[int] = set()
         self._u2: set[int] = set()
         self._u3: set[int] = set()
+        self._uc: set[int] = set()  # confirmed U3 in "consistency": the clients asked to unmask
         self._gone: set[int] = set()  # U2 - U3: shared, then sent no masked input
         self._expected: frozenset[str] | None = None  # cached: the engine asks on every poll
         self._sealed: dict[int, dict[int, bytes]] = {}  # recipient -> sender -> SecAggSealedShares
+        self._confirms: dict[int, dict[int, bytes]] = {}  # recipient -> sender -> SecAggConfirmation
+        self._removed: dict[int, set[int]] = {}  # pairs a client left out: client -> peers
+        self._not_held: set[tuple[int, int]] = set()  # (holder, owner): holder could not open owner's shares
+        self._blamed: dict[int, str] = {}
         self._sum = np.zeros(dim + 1, dtype=self._params.fixed.dtype)
         self._seed_points: dict[int, list[tuple[int, int]]] = {}
         self._key_points: dict[int, list[tuple[int, int]]] = {}
@@ -99,7 +120,13 @@ class SecAggServer(ServerProtocol):
         return self._phase
 
     def neighbours(self, index: int) -> frozenset[int]:
-        return self._graph[index]
+        """Open neighbourhood of ``index`` in this round: the graph, less the pairs left out."""
+        nb = self._graph[index]
+        cut = self._removed.get(index)
+        return nb - cut if cut else nb
+
+    def _closed(self, index: int) -> frozenset[int]:
+        return self.neighbours(index) | {index}
 
     def expected(self) -> frozenset[str]:
         if self._outcome is not None:
@@ -113,8 +140,11 @@ class SecAggServer(ServerProtocol):
             return len(self._outcome.aggregate.contributors)
         if self._outcome is not None:
             return 0
-        # In unmask the contributors are fixed; a client missing there only costs its shares.
-        return len(self._u3) if self._phase == ph.UNMASK else len(self._active)
+        # From consistency on the contributors are fixed; a client missing there only costs its shares.
+        return len(self._u3) if self._phase in (ph.CONSISTENCY, ph.UNMASK) else len(self._active)
+
+    def blamed(self) -> dict[str, str]:
+        return {self._ctx.participants[i]: why for i, why in sorted(self._blamed.items())}
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -145,11 +175,14 @@ class SecAggServer(ServerProtocol):
             return ph.repeated(1, [self._advert_blobs[v] for v in peers])
         if self._phase == ph.MASKED_INPUT:  # SecAggMaskedInputRequest.shares
             inbox = self._sealed.get(i, {})
-            return ph.repeated(1, [inbox[v] for v in sorted(inbox) if v in self._u2])
-        nb = self._graph[i]
-        return pb.SecAggUnmaskRequest(
-            survivors=sorted(nb & self._u3), dropped=sorted(nb & self._gone)
-        ).SerializeToString()
+            nb = self.neighbours(i)
+            return ph.repeated(1, [inbox[v] for v in sorted(inbox) if v in self._u2 and v in nb])
+        if self._phase == ph.CONSISTENCY:  # the same survivor set for everyone
+            return pb.SecAggConsistencyRequest(survivors=sorted(self._u3)).SerializeToString()
+        nb = self.neighbours(i)
+        inbox = self._confirms.get(i, {})
+        head = pb.SecAggUnmaskRequest(survivors=sorted(nb & self._u3), dropped=sorted(nb & self._gone))
+        return head.SerializeToString() + ph.repeated(3, [inbox[w] for w in sorted(inbox) if w in self._uc])
 
     # --- answers --------------------------------------------------------------------------------
 
@@ -164,10 +197,18 @@ class SecAggServer(ServerProtocol):
             ph.ADVERTISE: self._take_advert,
             ph.SHARE: self._take_shares,
             ph.MASKED_INPUT: self._take_masked,
+            ph.CONSISTENCY: self._take_consistency,
             ph.UNMASK: self._take_unmask,
         }[self._phase](i, body)
         self._answered.add(i)
         self._expected = None
+
+    def _fault(self, i: int, reason: str, detail: str) -> ProtocolRejection:
+        """A fault anyone can verify on ``i``'s own message: it leaves the round, blamed."""
+        self._blamed[i] = reason
+        self._active.discard(i)
+        self._expected = None
+        return ProtocolRejection(reason, detail)
 
     def _take_advert(self, i: int, body: bytes) -> None:
         a = ph.parse(pb.SecAggKeyAdvert, body, "key advert")
@@ -179,18 +220,37 @@ class SecAggServer(ServerProtocol):
             raise ProtocolRejection("wrong_size", f"advert signature must be {_SIGNATURE_BYTES} bytes")
         if not 0 < len(a.cert) <= _MAX_CERT_BYTES:
             raise ProtocolRejection("wrong_size", f"advert certificate must be 1..{_MAX_CERT_BYTES} bytes")
-        # Signatures are for the peers to check: they trust the job CA, not this server.
+        if not (keys.valid_public_key(a.cipher_public_key) and keys.valid_public_key(a.mask_public_key)):
+            # Every agreement with a low-order point fails: each neighbour would lose its round.
+            raise self._fault(i, "bad_key", "advert holds an invalid or low-order X25519 key")
+        if self._verify is not None:
+            cid = self._ctx.participants[i]
+            signed = keys.advert_message(self._binding, cid, a.cipher_public_key, a.mask_public_key, a.seed_commitment)
+            if not self._verify(cid, a.cert, signed, a.signature):
+                raise self._fault(i, "bad_signature", "advert is not signed by the sender's certified identity")
         self._adverts[i] = a
+
+    def _blames(self, i: int, entries: Sequence[pb.SecAggBlame], allowed: frozenset[int], what: str,
+                reasons: frozenset[str]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for b in entries:
+            if b.peer not in allowed or b.peer in out or b.reason not in reasons:
+                raise ProtocolRejection("malformed", f"{what}: blames #{b.peer} ({b.reason[:40]!r}), "
+                                        "not a neighbour it could blame for that, or twice")
+            out[b.peer] = b.reason
+        return out
 
     def _take_shares(self, i: int, body: bytes) -> None:
         res = ph.parse(pb.SecAggShareResponse, body, "share response")
         recipients = ph.distinct([s.peer for s in res.shares], "share response")
         want = self._graph[i] & self._u1
-        if recipients != want:
+        blamed = self._blames(i, res.blamed, want, "share response", frozenset({"bad_signature", "bad_key"}))
+        want_shares = want - blamed.keys()
+        if recipients != want_shares:
             raise ProtocolRejection(
                 "unexpected_recipients",
-                f"shares must go to exactly the {len(want)} advertised neighbours; "
-                f"unexpected {sorted(recipients - want)}, missing {sorted(want - recipients)}",
+                f"shares must go to exactly the {len(want_shares)} advertised neighbours it did not blame; "
+                f"unexpected {sorted(recipients - want_shares)}, missing {sorted(want_shares - recipients)}",
             )
         for s in res.shares:
             if len(s.ciphertext) != _SEALED_BYTES:
@@ -199,6 +259,23 @@ class SecAggServer(ServerProtocol):
                 )
         for s in res.shares:
             self._sealed.setdefault(s.peer, {})[i] = ph.sealed(i, s.ciphertext)
+        for v, why in blamed.items():
+            self._cut(i, v)
+            if self._verify is not None:
+                # This server verified v's advert (key and signature) before relaying it.
+                self._blamed[i] = f"accused #{v}'s verified advert ({why})"
+            else:
+                self._dispute(i, v, why)
+
+    def _cut(self, a: int, b: int) -> None:
+        self._removed.setdefault(a, set()).add(b)
+        self._removed.setdefault(b, set()).add(a)
+
+    def _dispute(self, accuser: int, accused: int, why: str) -> None:
+        """One client's word against another's: the server cannot tell who lies, so both sit out
+        the retries (a liar pays with its own place for each site it pushes out)."""
+        self._blamed.setdefault(accused, f"{self._ctx.participants[accuser]!r} reports {why}")
+        self._blamed.setdefault(accuser, f"reported {why} of {self._ctx.participants[accused]!r}")
 
     def _take_masked(self, i: int, body: bytes) -> None:
         res = ph.parse(pb.SecAggMaskedInputResponse, body, "masked input")
@@ -209,14 +286,35 @@ class SecAggServer(ServerProtocol):
                 f"masked input is {len(res.masked)} bytes, expected {self._params.dimension + 1} words of "
                 f"{self._params.fixed.ring_bits} bits",
             )
+        senders = frozenset(self.neighbours(i) & self._u2)
+        blamed = self._blames(i, res.blamed, senders, "masked input", frozenset({"bad_share"}))
         self._sum += words  # modular: numpy unsigned arithmetic wraps
+        for v, why in blamed.items():
+            self._not_held.add((i, v))
+            self._dispute(i, v, why)
+
+    def _take_consistency(self, i: int, body: bytes) -> None:
+        res = ph.parse(pb.SecAggConsistencyResponse, body, "consistency response")
+        peers = ph.distinct([c.peer for c in res.confirmations], "consistency response")
+        want = self.neighbours(i) & self._u3
+        if peers != want:
+            raise ProtocolRejection(
+                "unexpected_recipients",
+                f"confirmations must go to exactly the {len(want)} surviving neighbours; "
+                f"unexpected {sorted(peers - want)}, missing {sorted(want - peers)}",
+            )
+        if any(len(c.mac) != ph.MAC_BYTES for c in res.confirmations):
+            raise ProtocolRejection("wrong_size", f"a confirmation is not {ph.MAC_BYTES} bytes")
+        for c in res.confirmations:
+            self._confirms.setdefault(c.peer, {})[i] = pb.SecAggConfirmation(peer=i, mac=c.mac).SerializeToString()
 
     def _take_unmask(self, i: int, body: bytes) -> None:
         res = ph.parse(pb.SecAggUnmaskResponse, body, "unmask response")
         seed_owners = ph.distinct([s.owner for s in res.seed_shares], "unmask response (seed shares)")
         key_owners = ph.distinct([s.owner for s in res.mask_key_shares], "unmask response (mask-key shares)")
-        nb = self._graph[i]
-        want_seed, want_key = (nb & self._u3) | {i}, nb & self._gone
+        nb = self.neighbours(i)
+        unheld = {o for h, o in self._not_held if h == i}
+        want_seed, want_key = ((nb & self._u3) | {i}) - unheld, (nb & self._gone) - unheld
         if seed_owners != want_seed or key_owners != want_key:
             raise ProtocolRejection(
                 "unexpected_owners", "revealed shares do not match the survivors and dropped neighbours asked for"
@@ -240,7 +338,7 @@ class SecAggServer(ServerProtocol):
         answered = self._answered & self._active
         phase = self._phase
         if phase == ph.ADVERTISE:
-            self._u1 = self._enough(answered, "advertised keys")
+            self._u1 = self._enough(answered, "advertised valid keys")
             return self._advance(ph.SHARE, self._u1) if self._u1 else self._outcome_or_abort()
         if phase == ph.SHARE:
             self._u2 = self._enough(answered, "shared their secrets")
@@ -254,14 +352,29 @@ class SecAggServer(ServerProtocol):
                     f"only {len(self._u3)} masked inputs arrived, fewer than the {self._required} "
                     "required; nothing was unmasked"
                 )
+            self._uc = set(self._u3)  # at most these confirm: abort now if even they are not enough
             short = [o for o in self._owners_to_rebuild() if len(self._holders(o)) < self._params.local_threshold]
             if short:
                 return self._abort(
                     f"{len(short)} clients (first {self._ctx.participants[short[0]]!r}) have fewer than "
                     f"{self._params.local_threshold} surviving share holders; nothing was unmasked"
                 )
-            return self._advance(ph.UNMASK, self._u3)
-        return self._finish()
+            return self._advance(ph.CONSISTENCY, self._u3)
+        if phase == ph.CONSISTENCY:
+            self._uc = set(answered)
+            short = [o for o in self._owners_to_rebuild() if len(self._holders(o)) < self._params.local_threshold]
+            if short:
+                return self._abort(
+                    f"{len(short)} clients (first {self._ctx.participants[short[0]]!r}) have fewer than "
+                    f"{self._params.local_threshold} share holders left; nothing was unmasked"
+                )
+            return self._advance(ph.UNMASK, self._uc)
+        try:
+            return self._finish()
+        except (ValueError, KeyError, ArithmeticError) as exc:
+            # Shares that combine into an invalid key, a point the commitments did not catch: the
+            # round is lost, the server is not.
+            return self._abort(f"unmasking failed ({type(exc).__name__}: {exc}); nothing was released")
 
     def _enough(self, answered: set[int], what: str) -> set[int]:
         """``answered`` less clients whose secrets could not be rebuilt; empty (and aborted) if too few."""
@@ -273,7 +386,7 @@ class SecAggServer(ServerProtocol):
         t = self._params.local_threshold
         changed = True
         while changed:  # excluding one client can push a neighbour below the local threshold
-            thin = {u for u in alive if len(self._closed[u] & alive) < t}
+            thin = {u for u in alive if len(self._closed(u) & alive) < t}
             alive -= thin
             changed = bool(thin)
         if len(alive) < self._required:
@@ -285,11 +398,12 @@ class SecAggServer(ServerProtocol):
         return alive
 
     def _owners_to_rebuild(self) -> list[int]:
-        dropped = [v for v in sorted(self._gone) if self._graph[v] & self._u3]
+        dropped = [v for v in sorted(self._gone) if self.neighbours(v) & self._u3]
         return sorted(self._u3) + dropped
 
     def _holders(self, owner: int) -> set[int]:
-        holders = self._closed[owner] & self._u3
+        """Clients that will reveal a share of ``owner``'s secrets in unmask."""
+        holders = {h for h in self._closed(owner) & self._uc if (h, owner) not in self._not_held}
         return holders if owner in self._u3 else holders - {owner}
 
     def _advance(self, phase: str, active: set[int]) -> NextPhase:
@@ -304,7 +418,7 @@ class SecAggServer(ServerProtocol):
         self._outcome = Aborted(f"secure aggregation: {reason}")
         self._phase = _DONE
         self._sum = np.zeros(0, dtype=self._sum.dtype)
-        self._sealed, self._seed_points, self._key_points = {}, {}, {}
+        self._sealed, self._seed_points, self._key_points, self._confirms = {}, {}, {}, {}
         return self._outcome
 
     def _outcome_or_abort(self) -> PhaseOutcome:
@@ -336,7 +450,7 @@ class SecAggServer(ServerProtocol):
                     f"only {len(pts)} of {t} mask-key shares of {self._ctx.participants[owner]!r} arrived"
                 )
             raw = self._combine(sorted(pts)[:t])
-            pair = keys.KeyPair.from_private_bytes(raw) if raw is not None else None
+            pair = keys.KeyPair.from_private_bytes(raw) if raw is not None and len(raw) == keys.KEY_BYTES else None
             if pair is None or not hmac.compare_digest(pair.public, self._adverts[owner].mask_public_key):
                 return self._abort(f"mask-key shares of {self._ctx.participants[owner]!r} are corrupted")
             lost[owner] = pair
@@ -345,7 +459,7 @@ class SecAggServer(ServerProtocol):
         for seed in rebuilt.values():
             total -= mask(seed)
         for v, pair in lost.items():
-            for w in sorted(self._graph[v] & self._u3):
+            for w in sorted(self.neighbours(v) & self._u3):
                 seed = pair.agree(
                     self._adverts[w].mask_public_key, keys.pair_info(ph.MASK_SEED, self._binding, v, w)
                 )

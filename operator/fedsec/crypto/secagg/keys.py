@@ -73,13 +73,40 @@ class KeyPair:
         Raises ValueError for a malformed or low-order peer key (cryptography refuses an all-zero
         shared secret).
         """
+        return self.agree_many(peer_public, (info,))[0]
+
+    def agree_many(self, peer_public: bytes, infos: tuple[bytes, ...]) -> list[bytes]:
+        """One X25519 agreement, one independent 32-byte key per ``info`` (HKDF-SHA256).
+
+        The agreement is the expensive part (~25 µs); a pair that needs two keys (the shares'
+        encryption key and the consistency check's MAC key) pays for it once.
+        """
         if len(peer_public) != KEY_BYTES:
             raise ValueError(f"X25519 public key must be {KEY_BYTES} bytes, got {len(peer_public)}")
         shared = self._private.exchange(x25519.X25519PublicKey.from_public_bytes(peer_public))
-        return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(shared)
+        return [HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(shared) for info in infos]
 
     def __repr__(self) -> str:  # never show key material
         return "KeyPair(<private>)"
+
+
+_PROBE = x25519.X25519PrivateKey.generate()  # a throwaway key, only to test peers' keys against
+
+
+def valid_public_key(raw: bytes) -> bool:
+    """Whether ``raw`` is an X25519 public key an agreement can use: 32 bytes and not of low order.
+
+    A low-order point makes every agreement with it the all-zero secret (which cryptography
+    refuses), so a client advertising one would make each honest neighbour fail at masking time.
+    Anyone can check this on a public key, so the server refuses such an advert outright.
+    """
+    if len(raw) != KEY_BYTES:
+        return False
+    try:
+        _PROBE.exchange(x25519.X25519PublicKey.from_public_bytes(raw))
+    except ValueError:
+        return False
+    return True
 
 
 def pair_info(purpose: bytes, binding: RoundBinding, a: int, b: int) -> bytes:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64sec/wire/proto/secagg.proto\x12\tfedsec.v1\"\xc3\x01\n\x0cSecAggParams\x12\x14\n\x0cparticipants\x18\x01 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x02 \x01(\r\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x17\n\x0flocal_threshold\x18\x04 \x01(\r\x12\x11\n\tring_bits\x18\x05 \x01(\r\x12\x11\n\tfrac_bits\x18\x06 \x01(\r\x12\x12\n\nclip_range\x18\x07 \x01(\x01\x12\x14\n\x0cweight_bound\x18\x08 \x01(\x01\x12\x11\n\tdimension\x18\t \x01(\x04\"A\n\x16SecAggAdvertiseRequest\x12\'\n\x06params\x18\x01 \x01(\x0b\x32\x17.fedsec.v1.SecAggParams\"\x7f\n\x0fSecAggKeyAdvert\x12\x19\n\x11\x63ipher_public_key\x18\x01 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fseed_commitment\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0c\n\x04\x63\x65rt\x18\x05 \x01(\x0c\"M\n\x10SecAggPeerAdvert\x12\r\n\x05index\x18\x01 \x01(\r\x12*\n\x06\x61\x64vert\x18\x02 \x01(\x0b\x32\x1a.fedsec.v1.SecAggKeyAdvert\"@\n\x12SecAggShareRequest\x12*\n\x05peers\x18\x01 \x03(\x0b\x32\x1b.fedsec.v1.SecAggPeerAdvert\"6\n\x12SecAggSealedShares\x12\x0c\n\x04peer\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"D\n\x13SecAggShareResponse\x12-\n\x06shares\x18\x01 \x03(\x0b\x32\x1d.fedsec.v1.SecAggSealedShares\"I\n\x18SecAggMaskedInputRequest\x12-\n\x06shares\x18\x01 \x03(\x0b\x32\x1d.fedsec.v1.SecAggSealedShares\"+\n\x19SecAggMaskedInputResponse\x12\x0e\n\x06masked\x18\x01 \x01(\x0c\"9\n\x13SecAggUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\r\"3\n\x13SecAggRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x84\x01\n\x14SecAggUnmaskResponse\x12\x33\n\x0bseed_shares\x18\x01 \x03(\x0b\x32\x1e.fedsec.v1.SecAggRevealedShare\x12\x37\n\x0fmask_key_shares\x18\x02 \x03(\x0b\x32\x1e.fedsec.v1.SecAggRevealedShareb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64sec/wire/proto/secagg.proto\x12\tfedsec.v1\"\xc3\x01\n\x0cSecAggParams\x12\x14\n\x0cparticipants\x18\x01 \x01(\r\x12\x0e\n\x06\x64\x65gree\x18\x02 \x01(\r\x12\x11\n\tthreshold\x18\x03 \x01(\r\x12\x17\n\x0flocal_threshold\x18\x04 \x01(\r\x12\x11\n\tring_bits\x18\x05 \x01(\r\x12\x11\n\tfrac_bits\x18\x06 \x01(\r\x12\x12\n\nclip_range\x18\x07 \x01(\x01\x12\x14\n\x0cweight_bound\x18\x08 \x01(\x01\x12\x11\n\tdimension\x18\t \x01(\x04\"A\n\x16SecAggAdvertiseRequest\x12\'\n\x06params\x18\x01 \x01(\x0b\x32\x17.fedsec.v1.SecAggParams\"\x7f\n\x0fSecAggKeyAdvert\x12\x19\n\x11\x63ipher_public_key\x18\x01 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fseed_commitment\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x0c\n\x04\x63\x65rt\x18\x05 \x01(\x0c\"M\n\x10SecAggPeerAdvert\x12\r\n\x05index\x18\x01 \x01(\r\x12*\n\x06\x61\x64vert\x18\x02 \x01(\x0b\x32\x1a.fedsec.v1.SecAggKeyAdvert\"@\n\x12SecAggShareRequest\x12*\n\x05peers\x18\x01 \x03(\x0b\x32\x1b.fedsec.v1.SecAggPeerAdvert\"6\n\x12SecAggSealedShares\x12\x0c\n\x04peer\x18\x01 \x01(\r\x12\x12\n\nciphertext\x18\x02 \x01(\x0c\"+\n\x0bSecAggBlame\x12\x0c\n\x04peer\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\"l\n\x13SecAggShareResponse\x12-\n\x06shares\x18\x01 \x03(\x0b\x32\x1d.fedsec.v1.SecAggSealedShares\x12&\n\x06\x62lamed\x18\x02 \x03(\x0b\x32\x16.fedsec.v1.SecAggBlame\"I\n\x18SecAggMaskedInputRequest\x12-\n\x06shares\x18\x01 \x03(\x0b\x32\x1d.fedsec.v1.SecAggSealedShares\"S\n\x19SecAggMaskedInputResponse\x12\x0e\n\x06masked\x18\x01 \x01(\x0c\x12&\n\x06\x62lamed\x18\x02 \x03(\x0b\x32\x16.fedsec.v1.SecAggBlame\"-\n\x18SecAggConsistencyRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\"/\n\x12SecAggConfirmation\x12\x0c\n\x04peer\x18\x01 \x01(\r\x12\x0b\n\x03mac\x18\x02 \x01(\x0c\"Q\n\x19SecAggConsistencyResponse\x12\x34\n\rconfirmations\x18\x01 \x03(\x0b\x32\x1d.fedsec.v1.SecAggConfirmation\"o\n\x13SecAggUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\r\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\r\x12\x34\n\rconfirmations\x18\x03 \x03(\x0b\x32\x1d.fedsec.v1.SecAggConfirmation\"3\n\x13SecAggRevealedShare\x12\r\n\x05owner\x18\x01 \x01(\r\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x84\x01\n\x14SecAggUnmaskResponse\x12\x33\n\x0bseed_shares\x18\x01 \x03(\x0b\x32\x1e.fedsec.v1.SecAggRevealedShare\x12\x37\n\x0fmask_key_shares\x18\x02 \x03(\x0b\x32\x1e.fedsec.v1.SecAggRevealedShareb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,16 +43,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SECAGGSHAREREQUEST']._serialized_end=582
   _globals['_SECAGGSEALEDSHARES']._serialized_start=584
   _globals['_SECAGGSEALEDSHARES']._serialized_end=638
-  _globals['_SECAGGSHARERESPONSE']._serialized_start=640
-  _globals['_SECAGGSHARERESPONSE']._serialized_end=708
-  _globals['_SECAGGMASKEDINPUTREQUEST']._serialized_start=710
-  _globals['_SECAGGMASKEDINPUTREQUEST']._serialized_end=783
-  _globals['_SECAGGMASKEDINPUTRESPONSE']._serialized_start=785
-  _globals['_SECAGGMASKEDINPUTRESPONSE']._serialized_end=828
-  _globals['_SECAGGUNMASKREQUEST']._serialized_start=830
-  _globals['_SECAGGUNMASKREQUEST']._serialized_end=887
-  _globals['_SECAGGREVEALEDSHARE']._serialized_start=889
-  _globals['_SECAGGREVEALEDSHARE']._serialized_end=940
-  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=943
-  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1075
+  _globals['_SECAGGBLAME']._serialized_start=640
+  _globals['_SECAGGBLAME']._serialized_end=683
+  _globals['_SECAGGSHARERESPONSE']._serialized_start=685
+  _globals['_SECAGGSHARERESPONSE']._serialized_end=793
+  _globals['_SECAGGMASKEDINPUTREQUEST']._serialized_start=795
+  _globals['_SECAGGMASKEDINPUTREQUEST']._serialized_end=868
+  _globals['_SECAGGMASKEDINPUTRESPONSE']._serialized_start=870
+  _globals['_SECAGGMASKEDINPUTRESPONSE']._serialized_end=953
+  _globals['_SECAGGCONSISTENCYREQUEST']._serialized_start=955
+  _globals['_SECAGGCONSISTENCYREQUEST']._serialized_end=1000
+  _globals['_SECAGGCONFIRMATION']._serialized_start=1002
+  _globals['_SECAGGCONFIRMATION']._serialized_end=1049
+  _globals['_SECAGGCONSISTENCYRESPONSE']._serialized_start=1051
+  _globals['_SECAGGCONSISTENCYRESPONSE']._serialized_end=1132
+  _globals['_SECAGGUNMASKREQUEST']._serialized_start=1134
+  _globals['_SECAGGUNMASKREQUEST']._serialized_end=1245
+  _globals['_SECAGGREVEALEDSHARE']._serialized_start=1247
+  _globals['_SECAGGREVEALEDSHARE']._serialized_end=1298
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_start=1301
+  _globals['_SECAGGUNMASKRESPONSE']._serialized_end=1433
 # @@protoc_insertion_point(module_scope)

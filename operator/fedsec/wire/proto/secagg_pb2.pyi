@@ -70,11 +70,21 @@ class SecAggSealedShares(_message.Message):
     ciphertext: bytes
     def __init__(self, peer: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
+class SecAggBlame(_message.Message):
+    __slots__ = ("peer", "reason")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    peer: int
+    reason: str
+    def __init__(self, peer: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class SecAggShareResponse(_message.Message):
-    __slots__ = ("shares",)
+    __slots__ = ("shares", "blamed")
     SHARES_FIELD_NUMBER: _ClassVar[int]
+    BLAMED_FIELD_NUMBER: _ClassVar[int]
     shares: _containers.RepeatedCompositeFieldContainer[SecAggSealedShares]
-    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggSealedShares, _Mapping]]] = ...) -> None: ...
+    blamed: _containers.RepeatedCompositeFieldContainer[SecAggBlame]
+    def __init__(self, shares: _Optional[_Iterable[_Union[SecAggSealedShares, _Mapping]]] = ..., blamed: _Optional[_Iterable[_Union[SecAggBlame, _Mapping]]] = ...) -> None: ...
 
 class SecAggMaskedInputRequest(_message.Message):
     __slots__ = ("shares",)
@@ -83,18 +93,42 @@ class SecAggMaskedInputRequest(_message.Message):
     def __init__(self, shares: _Optional[_Iterable[_Union[SecAggSealedShares, _Mapping]]] = ...) -> None: ...
 
 class SecAggMaskedInputResponse(_message.Message):
-    __slots__ = ("masked",)
+    __slots__ = ("masked", "blamed")
     MASKED_FIELD_NUMBER: _ClassVar[int]
+    BLAMED_FIELD_NUMBER: _ClassVar[int]
     masked: bytes
-    def __init__(self, masked: _Optional[bytes] = ...) -> None: ...
+    blamed: _containers.RepeatedCompositeFieldContainer[SecAggBlame]
+    def __init__(self, masked: _Optional[bytes] = ..., blamed: _Optional[_Iterable[_Union[SecAggBlame, _Mapping]]] = ...) -> None: ...
+
+class SecAggConsistencyRequest(_message.Message):
+    __slots__ = ("survivors",)
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, survivors: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SecAggConfirmation(_message.Message):
+    __slots__ = ("peer", "mac")
+    PEER_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    peer: int
+    mac: bytes
+    def __init__(self, peer: _Optional[int] = ..., mac: _Optional[bytes] = ...) -> None: ...
+
+class SecAggConsistencyResponse(_message.Message):
+    __slots__ = ("confirmations",)
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
+    confirmations: _containers.RepeatedCompositeFieldContainer[SecAggConfirmation]
+    def __init__(self, confirmations: _Optional[_Iterable[_Union[SecAggConfirmation, _Mapping]]] = ...) -> None: ...
 
 class SecAggUnmaskRequest(_message.Message):
-    __slots__ = ("survivors", "dropped")
+    __slots__ = ("survivors", "dropped", "confirmations")
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
     survivors: _containers.RepeatedScalarFieldContainer[int]
     dropped: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ...) -> None: ...
+    confirmations: _containers.RepeatedCompositeFieldContainer[SecAggConfirmation]
+    def __init__(self, survivors: _Optional[_Iterable[int]] = ..., dropped: _Optional[_Iterable[int]] = ..., confirmations: _Optional[_Iterable[_Union[SecAggConfirmation, _Mapping]]] = ...) -> None: ...
 
 class SecAggRevealedShare(_message.Message):
     __slots__ = ("owner", "share")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -72,10 +73,13 @@ def run_round(
     drop_at: Mapping[str, str] | None = None,
     weight_bound: float | None = None,
 ) -> Run:
-    """Run every phase; a client in ``drop_at`` never answers from that phase on."""
+    """Run every phase; a client in ``drop_at`` never answers from that phase on. ``weight_bound``
+    replaces the config's public weight bound (both sides derive it from the config)."""
     drop_at = drop_at or {}
     ident = identities()
-    server = mode.server(ctx, weight_bound=weight_bound)
+    if weight_bound is not None:
+        mode = SecAggMode(dataclasses.replace(mode.config, weight_bound=weight_bound), mode.verify_advert)
+    server = mode.server(ctx)
     clients = {c: mode.client(ctx, ident[c], updates[c]) for c in ctx.participants}
     sent: dict[str, list[bytes]] = {c: [] for c in ctx.participants}
     while True:
@@ -101,7 +105,9 @@ __all__ = ["ProtocolRejection", "Run", "context", "identities", "names", "random
 def start(mode: SecAggMode, ctx: RoundContext, updates: Mapping[str, ClientUpdate],
           weight_bound: float | None = None) -> tuple[SecAggServer, dict[str, SecAggClient]]:
     ident = identities()
-    server = mode.server(ctx, weight_bound=weight_bound)
+    if weight_bound is not None:
+        mode = SecAggMode(dataclasses.replace(mode.config, weight_bound=weight_bound), mode.verify_advert)
+    server = mode.server(ctx)
     return server, {c: mode.client(ctx, ident[c], updates[c]) for c in ctx.participants}
 
 

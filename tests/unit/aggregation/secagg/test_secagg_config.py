@@ -20,7 +20,6 @@ from fedsec.aggregation.secagg.config import degree
         (SecAggConfig(neighbours=3), "neighbours"),
         (SecAggConfig(neighbours="sparse"), "neighbours"),  # type: ignore[arg-type]
         (SecAggConfig(complete_graph_max=0), "complete_graph_max"),
-        (SecAggConfig(neighbourhood_threshold="all"), "neighbourhood_threshold"),  # type: ignore[arg-type]
         (SecAggConfig(weight_bound=-1.0), "weight_bound"),
     ],
 )
@@ -75,9 +74,10 @@ def test_degree_and_local_threshold():
     assert degree(SecAggConfig(neighbours="complete"), 500) == 499
     assert degree(SecAggConfig(neighbours=8), 6) == 5
     p = RoundParams.derive(auto, 100, 10)
-    assert (p.threshold, p.local_threshold, p.fixed.frac_bits) == (67, 8, 24)
-    q = RoundParams.derive(SecAggConfig(neighbourhood_threshold="proportional"), 100, 10)
-    assert q.local_threshold == 10
+    # The job's threshold holds in every neighbourhood: 2/3 of the 15 holders, not a bare majority (8).
+    assert (p.threshold, p.local_threshold, p.fixed.frac_bits) == (67, 10, 24)
+    assert RoundParams.derive(SecAggConfig(threshold=0.51), 100, 10).local_threshold == 8  # majority floor
+    assert RoundParams.derive(SecAggConfig(threshold=1.0), 100, 10).local_threshold == 15
     c = RoundParams.derive(SecAggConfig(neighbours="complete"), 100, 10)
     assert c.complete and c.local_threshold == c.threshold == 67
 

@@ -50,11 +50,28 @@ def _share_request(server, clients, victim: str) -> pb.SecAggShareRequest:
     return pb.SecAggShareRequest.FromString(server.request_for(victim))
 
 
-def test_client_refuses_an_advert_whose_keys_were_swapped_by_the_server() -> None:
+def _left_out(client, req: pb.SecAggShareRequest, peer: int, reason: str) -> None:
+    """The client goes on without ``peer``: no shares for it, and it says why."""
+    res = pb.SecAggShareResponse.FromString(client.respond(SHARE, req.SerializeToString()))
+    assert peer not in {s.peer for s in res.shares}
+    assert [(b.peer, b.reason) for b in res.blamed] == [(peer, reason)]
+    assert client.state == MASKED_INPUT and client.blamed == {peer: reason}
+
+
+def test_client_leaves_out_an_advert_whose_keys_were_swapped_by_the_server() -> None:
     _, _, server, clients, _ = _round()
     req = _share_request(server, clients, "site-00")
-    req.peers[0].advert.mask_public_key = bytes(32 * [7])  # a key the server controls
-    _rejects("bad_signature", clients["site-00"].respond, SHARE, req.SerializeToString())
+    from fedsec.crypto.secagg import keys
+
+    req.peers[0].advert.mask_public_key = keys.KeyPair().public  # a key the server controls
+    _left_out(clients["site-00"], req, req.peers[0].index, "bad_signature")
+
+
+def test_client_leaves_out_a_low_order_key() -> None:
+    _, _, server, clients, _ = _round()
+    req = _share_request(server, clients, "site-00")
+    req.peers[0].advert.cipher_public_key = bytes(32)  # the identity point: every agreement is zero
+    _left_out(clients["site-00"], req, req.peers[0].index, "bad_key")
 
 
 def test_client_refuses_an_advert_signed_under_another_name() -> None:
@@ -67,7 +84,7 @@ def test_client_refuses_an_advert_signed_under_another_name() -> None:
     forger = identities()["site-03"]
     msg = keys.advert_message(keys.RoundBinding("job-uid", 7), "site-01", a.cipher_public_key, a.mask_public_key, a.seed_commitment)
     a.signature, a.cert = forger.sign(msg), forger.cert
-    _rejects("bad_signature", clients["site-00"].respond, SHARE, req.SerializeToString())
+    _left_out(clients["site-00"], req, req.peers[0].index, "bad_signature")
 
 
 def test_client_refuses_an_advert_replayed_from_another_round() -> None:
@@ -76,7 +93,9 @@ def test_client_refuses_an_advert_replayed_from_another_round() -> None:
     fresh_ctx = context(4, SPECS, round_id=8)
     server2, clients2 = start(mode, fresh_ctx, updates)
     assert isinstance(step(server2, clients2), NextPhase)
-    _rejects("bad_signature", clients2["site-00"].respond, SHARE, old_req.SerializeToString())
+    # Every advert is from round 7: none verifies in round 8, and too few are left to go on with.
+    _rejects("below_threshold", clients2["site-00"].respond, SHARE, old_req.SerializeToString())
+    assert clients2["site-00"].blamed == {1: "bad_signature", 2: "bad_signature", 3: "bad_signature"}
 
 
 def test_client_refuses_peers_outside_its_neighbourhood() -> None:
@@ -95,7 +114,7 @@ def test_client_refuses_too_few_neighbours() -> None:
     _rejects("below_threshold", clients["site-00"].respond, SHARE, req.SerializeToString())
 
 
-def test_client_refuses_tampered_or_redirected_shares() -> None:
+def test_client_blames_tampered_or_redirected_shares_and_holds_none_of_them() -> None:
     _, _, server, clients, _ = _round()
     for _ in range(2):
         assert isinstance(step(server, clients), NextPhase)
@@ -105,16 +124,18 @@ def test_client_refuses_tampered_or_redirected_shares() -> None:
     ct = bytearray(tampered.shares[0].ciphertext)
     ct[-1] ^= 1
     tampered.shares[0].ciphertext = bytes(ct)
-    _rejects("bad_share", clients["site-00"].respond, MASKED_INPUT, tampered.SerializeToString())
+    res = pb.SecAggMaskedInputResponse.FromString(clients["site-00"].respond(MASKED_INPUT, tampered.SerializeToString()))
+    assert [(b.peer, b.reason) for b in res.blamed] == [(tampered.shares[0].peer, "bad_share")]
     # site-01's ciphertext for site-00 presented to site-02 as if it came from site-01
     misdirected = pb.SecAggMaskedInputRequest.FromString(server.request_for("site-02"))
     misdirected.shares[0].ciphertext = req.shares[0].ciphertext
-    _rejects("bad_share", clients["site-02"].respond, MASKED_INPUT, misdirected.SerializeToString())
+    res2 = pb.SecAggMaskedInputResponse.FromString(clients["site-02"].respond(MASKED_INPUT, misdirected.SerializeToString()))
+    assert [(b.peer, b.reason) for b in res2.blamed] == [(misdirected.shares[0].peer, "bad_share")]
 
 
 def test_client_refuses_an_unmask_request_naming_strangers_or_itself() -> None:
     _, _, server, clients, _ = _round()
-    for _ in range(3):
+    for _ in range(4):
         assert isinstance(step(server, clients), NextPhase)
     _rejects("share_kind_conflict", clients["site-00"].respond, UNMASK,
              pb.SecAggUnmaskRequest(survivors=[1, 2], dropped=[0, 3]).SerializeToString())
@@ -167,7 +188,7 @@ def test_a_rejected_masked_input_leaves_no_trace_in_the_sum() -> None:
     for body in (pb.SecAggMaskedInputResponse(masked=b"\x00" * 5).SerializeToString(), b"\x0a\x03abc\x12"):
         with pytest.raises(ProtocolRejection):
             server.receive("site-00", body)
-    for _ in range(2):
+    for _ in range(3):
         outcome = step(server, clients)
     assert isinstance(outcome, Finished)
     total = sum(u.weight for u in updates.values())
@@ -177,7 +198,7 @@ def test_a_rejected_masked_input_leaves_no_trace_in_the_sum() -> None:
 
 def test_a_corrupted_share_aborts_instead_of_unmasking_garbage() -> None:
     _, ctx, server, clients, _ = _round(n=3, config=SecAggConfig(threshold=1.0))
-    for _ in range(3):
+    for _ in range(4):
         assert isinstance(step(server, clients), NextPhase)
     for c in ctx.participants:
         res = pb.SecAggUnmaskResponse.FromString(clients[c].respond(UNMASK, server.request_for(c)))
@@ -191,7 +212,7 @@ def test_a_corrupted_share_aborts_instead_of_unmasking_garbage() -> None:
 
 def test_server_refuses_unmask_answers_with_the_wrong_owners() -> None:
     _, _, server, clients, _ = _round()
-    for _ in range(3):
+    for _ in range(4):
         assert isinstance(step(server, clients), NextPhase)
     genuine = pb.SecAggUnmaskResponse.FromString(clients["site-00"].respond(UNMASK, server.request_for("site-00")))
     forged = pb.SecAggUnmaskResponse()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fedsec.aggregation.base import Aborted, ClientUpdate, Finished, NextPhase, ProtocolRejection, TensorSpec
-from fedsec.aggregation.secagg import MASKED_INPUT, PHASES, SHARE, UNMASK, SecAggConfig, SecAggMode
+from fedsec.aggregation.secagg import CONSISTENCY, MASKED_INPUT, PHASES, SHARE, UNMASK, SecAggConfig, SecAggMode
 from fedsec.crypto.secagg import shamir
 from fedsec.wire.proto import secagg_pb2 as pb
 from secagg_harness import context, run_round, start, step
@@ -67,14 +67,23 @@ def _to_unmask(n: int = 5, threshold: float = 0.51):
     mode = SecAggMode(SecAggConfig(threshold=threshold))
     ctx = context(n, (TensorSpec("v", (4,)),))
     server, clients = start(mode, ctx, _zeros(ctx, 4, 0.1))
-    for _ in range(3):
+    for _ in range(4):
         assert isinstance(step(server, clients), NextPhase)
     assert server.phase == UNMASK
     return ctx, server, clients
 
 
+def _honest_unmask(server, client_id: str, **change) -> bytes:
+    """The server's genuine unmask request (with the neighbours' confirmations), lists changed."""
+    req = pb.SecAggUnmaskRequest.FromString(server.request_for(client_id))
+    for field, value in change.items():
+        del getattr(req, field)[:]
+        getattr(req, field).extend(value)
+    return req.SerializeToString()
+
+
 def test_a_server_asking_for_both_share_kinds_of_a_peer_is_refused() -> None:
-    ctx, _, clients = _to_unmask()
+    _, server, clients = _to_unmask()
     me = clients["site-00"]
     greedy = pb.SecAggUnmaskRequest(survivors=[1, 2, 3, 4], dropped=[2]).SerializeToString()
     with pytest.raises(ProtocolRejection) as exc:
@@ -84,46 +93,76 @@ def test_a_server_asking_for_both_share_kinds_of_a_peer_is_refused() -> None:
     # dropping the references is what it can do) ...
     assert me._held == {} and me._own is None and me._seed is None and me._mask is None  # noqa: SLF001
     # ... and reveals nothing more this round, however the server asks
-    honest = pb.SecAggUnmaskRequest(survivors=[1, 2, 3, 4]).SerializeToString()
     with pytest.raises(ProtocolRejection, match="round_over"):
-        me.respond(UNMASK, honest)
+        me.respond(UNMASK, _honest_unmask(server, "site-00"))
 
 
 def test_a_client_answers_unmask_once_so_the_other_kind_cannot_be_asked_later() -> None:
-    _, _, clients = _to_unmask()
+    _, server, clients = _to_unmask()
     me = clients["site-01"]
-    first = pb.SecAggUnmaskResponse.FromString(
-        me.respond(UNMASK, pb.SecAggUnmaskRequest(survivors=[0, 2, 3, 4]).SerializeToString())
-    )
+    first = pb.SecAggUnmaskResponse.FromString(me.respond(UNMASK, _honest_unmask(server, "site-01")))
     assert not first.mask_key_shares
     with pytest.raises(ProtocolRejection, match="round_over"):
-        me.respond(UNMASK, pb.SecAggUnmaskRequest(survivors=[2, 3, 4], dropped=[0]).SerializeToString())
+        me.respond(UNMASK, _honest_unmask(server, "site-01", survivors=[2, 3, 4], dropped=[0]))
 
 
-def test_a_split_view_gives_the_server_at_most_one_secret_of_a_peer() -> None:
-    # The server tells {1, 2} that client 0 survived and {3, 4} that it dropped. With a threshold
-    # above n/2 the seed shares (from 1, 2 and client 0 itself) and the mask-key shares (from 3, 4)
-    # cannot both reach it: the server gets b_0 or s_0, never both.
-    ctx, server, clients = _to_unmask(n=5, threshold=0.51)
-    t = server.params.local_threshold
-    assert t == 3
-    seed_pts, key_pts = [], []
+def test_an_unmask_request_that_contradicts_the_confirmed_survivor_set_is_refused() -> None:
+    _, server, clients = _to_unmask()
+    with pytest.raises(ProtocolRejection) as exc:
+        clients["site-03"].respond(UNMASK, _honest_unmask(server, "site-03", survivors=[1, 2, 4], dropped=[0]))
+    assert exc.value.reason == "inconsistent"
+
+
+def test_a_forged_or_foreign_confirmation_is_caught() -> None:
+    _, server, clients = _to_unmask()
+    req = pb.SecAggUnmaskRequest.FromString(server.request_for("site-02"))
+    req.confirmations[0].mac = bytes(32)  # the server cannot make a neighbour's MAC
+    with pytest.raises(ProtocolRejection) as exc:
+        clients["site-02"].respond(UNMASK, req.SerializeToString())
+    assert exc.value.reason == "inconsistent"
+
+
+def test_a_split_view_is_caught_by_the_consistency_check() -> None:
+    # The server shows {0, 1, 2} the survivor set U3 = {0..4} and {3, 4} the set without client 0,
+    # hoping for 0's seed shares from the first group and its mask-key shares from the second.
+    # The second group's MACs vouch for another set: relayed, they are caught; withheld, the second
+    # group has too few confirmations and reveals nothing. No mask-key share of 0 ever leaves.
+    mode = SecAggMode(SecAggConfig(threshold=0.51))
+    ctx = context(5, (TensorSpec("v", (4,)),))
+    server, clients = start(mode, ctx, _zeros(ctx, 4, 0.1))
+    for _ in range(3):
+        assert isinstance(step(server, clients), NextPhase)
+    assert server.phase == CONSISTENCY
+    full, lie = pb.SecAggConsistencyRequest(survivors=range(5)), pb.SecAggConsistencyRequest(survivors=range(1, 5))
+    macs: dict[int, dict[int, bytes]] = {}
     for i in range(5):
-        others = [j for j in range(5) if j != i]
-        if i in (3, 4):
-            req = pb.SecAggUnmaskRequest(survivors=[j for j in others if j != 0], dropped=[0])
-        else:
-            req = pb.SecAggUnmaskRequest(survivors=others)
-        res = pb.SecAggUnmaskResponse.FromString(clients[ctx.participants[i]].respond(UNMASK, req.SerializeToString()))
-        for s in res.seed_shares:
-            if s.owner == 0:
-                seed_pts.append((i + 1, shamir.decode_share(s.share)))
-        for s in res.mask_key_shares:
-            if s.owner == 0:
-                key_pts.append((i + 1, shamir.decode_share(s.share)))
-        assert not ({s.owner for s in res.seed_shares} & {s.owner for s in res.mask_key_shares})
-    assert len(seed_pts) == 3 and len(key_pts) == 2
-    assert len(seed_pts) + len(key_pts) < 2 * t
+        shown = lie if i in (3, 4) else full
+        if i == 0:
+            continue  # (0 is not in the lie; the server asks it with the full set like the others below)
+        res = pb.SecAggConsistencyResponse.FromString(clients[ctx.participants[i]].respond(CONSISTENCY, shown.SerializeToString()))
+        for c in res.confirmations:
+            macs.setdefault(c.peer, {})[i] = c.mac
+    res0 = pb.SecAggConsistencyResponse.FromString(clients["site-00"].respond(CONSISTENCY, full.SerializeToString()))
+    for c in res0.confirmations:
+        macs.setdefault(c.peer, {})[0] = c.mac
+
+    def unmask(i: int, survivors: list[int], dropped: list[int], senders: list[int]) -> bytes:
+        req = pb.SecAggUnmaskRequest(survivors=survivors, dropped=dropped)
+        for w in senders:
+            req.confirmations.add(peer=w, mac=macs[i][w])
+        return req.SerializeToString()
+
+    # Relaying the second group's MACs to the first group is caught.
+    with pytest.raises(ProtocolRejection) as exc:
+        clients["site-01"].respond(UNMASK, unmask(1, [0, 2, 3, 4], [], [0, 2, 3]))
+    assert exc.value.reason == "inconsistent"
+    # Withheld, the second group cannot gather the local threshold of matching confirmations.
+    for i in (3, 4):
+        other = 7 - i
+        with pytest.raises(ProtocolRejection) as exc:
+            clients[ctx.participants[i]].respond(UNMASK, unmask(i, [1, 2, other], [0], [other]))
+        assert exc.value.reason == "below_threshold"
+        assert clients[ctx.participants[i]]._held == {}  # noqa: SLF001 - refused: it forgot every share
 
 
 @pytest.mark.parametrize("phase", [SHARE, MASKED_INPUT, UNMASK])
