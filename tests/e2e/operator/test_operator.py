@@ -171,6 +171,14 @@ def test_breast_cancer_example_applied_with_kubectl_succeeds_despite_a_killed_cl
     for site, ns in site_nss.items():
         jobs = kubectl.json("get", "jobs", "-n", ns, "-l", f"fedsec.io/job-uid={uid}")["items"]
         assert len(jobs) == 1 and owned_by(jobs[0], "FederatedClient", site)
+        # The site's client pods only dial out: to this job's aggregator pods and to DNS.
+        nps = kubectl.json("get", "networkpolicies", "-n", ns, "-l", f"fedsec.io/job-uid={uid}")["items"]
+        assert len(nps) == 1 and owned_by(nps[0], "FederatedClient", site)
+        assert not nps[0]["spec"].get("ingress") and set(nps[0]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        to_aggregator = nps[0]["spec"]["egress"][0]["to"][0]
+        assert to_aggregator["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": job_ns}
+        assert {"fedsec.io/job-uid": uid, "fedsec.io/role": "aggregator"}.items() <= \
+            to_aggregator["podSelector"]["matchLabels"].items()
         fc = kubectl.json("get", "fc", site, "-n", ns)
         assert fc["status"]["jobs"][f"{job_ns}/breast-cancer"]["state"] == "Finished"
     events = kubectl.json("get", "events", "-n", job_ns, "--field-selector", "involvedObject.kind=FederatedJob")["items"]
@@ -204,7 +212,7 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates_and_deletion
         left = [kind for kind in ("deployments", "services", "secrets", "configmaps", "networkpolicies",
                                   "serviceaccounts", "persistentvolumeclaims")
                 if kubectl.json("get", kind, "-n", job_ns, "-l", sel)["items"]]
-        left += [f"{kind} in {ns}" for ns in site_nss for kind in ("jobs", "secrets", "configmaps")
+        left += [f"{kind} in {ns}" for ns in site_nss for kind in ("jobs", "secrets", "configmaps", "networkpolicies")
                  if kubectl.json("get", kind, "-n", ns, "-l", sel)["items"]]
         return not left
 
