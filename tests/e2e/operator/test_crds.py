@@ -69,6 +69,7 @@ def test_examples_are_accepted(crds: None, kubectl: Kubectl, namespace: str) -> 
         (with_(CLIENT, "spec.data.builtin.name", "mnist"), "spec.data.builtin.name"),
         (with_(CLIENT, "spec.policy.allowedAggregatorImages", ["ghcr.io/fedsec/runtime latest"]),
          "spec.policy.allowedAggregatorImages[0]"),
+        (with_(CLIENT, "spec.policy.allowedModelFactories", ["mypkg.models:*"]), "spec.policy.allowedModelFactories[0]"),
     ],
 )
 def test_invalid_manifests_are_refused_by_the_api_server(crds: None, kubectl: Kubectl, namespace: str,
