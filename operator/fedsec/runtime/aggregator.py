@@ -182,10 +182,11 @@ class Aggregator:
         if state.status == eng.RUNNING and state.attempt > self.spec.quorum.max_retries:
             # Every attempt the round was allowed has started, and the last was lost with the
             # process (one discarded in the open would have failed the job then): stop here.
-            self._apply(self.engine.fail(
-                f"round {state.next_round} was attempted {state.attempt} times without committing (maxRetries is "
-                f"{self.spec.quorum.max_retries}); the aggregator stopped during the last attempt. Its log says why."
-            ))
+            with self.cond:  # _apply notifies waiters; nobody waits yet, but notify needs the lock
+                self._apply(self.engine.fail(
+                    f"round {state.next_round} was attempted {state.attempt} times without committing (maxRetries is "
+                    f"{self.spec.quorum.max_retries}); the aggregator stopped during the last attempt. Its log says why."
+                ))
 
     def _answer_caps(self, input_dim: int) -> dict[str, int]:
         """Bytes an answer may have in each phase (``""``: a phase the mode does not have)."""
@@ -377,6 +378,10 @@ class Aggregator:
 
     def _contribution(self, sender: str, header: pb.Header, body: pb.Contribution) -> pb.Ack:
         metrics = {k: float(v) for k, v in body.metrics.items() if k in SITE_METRICS and np.isfinite(v)}
+        # The sender is live again, which may start a round: carry that out (persist the new round
+        # id) now, because contribute() drops the effects of seeing the sender when it then refuses
+        # the answer (a stale one from before a restart), and a round id not on disk is reused later.
+        self._apply(self.engine.seen(sender, time.monotonic()))
         number = self.engine.current_round_number
         response = body.response  # one copy: upb copies a bytes field on every read
         effects = self.engine.contribute(
