@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from fedsec.controller.parse import describe, parse_client
 from fedsec.controller.status import by_type, condition, conditions_differ
+from fedsec.privacy.budget import job_standing, remaining, total
 
 PENDING, READY, TRAINING, EXHAUSTED, INVALID = "Pending", "Ready", "Training", "BudgetExhausted", "Invalid"
 # What a site's status says of one job (status.jobs[<namespace>/<name>].state); the jobs write these.
@@ -31,13 +32,19 @@ def site_status(body: dict[str, Any], *, now: str) -> dict[str, Any]:
                 "remainingBudget": None, "budget": None,
                 "conditions": [condition(before, "Ready", False, "InvalidSpec", why, gen, now)]}
     ledger = {k: v for k, v in (prior.get("ledger") or {}).items() if isinstance(v, dict)}
-    spent = sum(float(v.get("epsilon", 0.0)) for v in ledger.values())
+    # the one rule (fedsec.privacy.budget): a job still running reserves its planned epsilon here
+    standing = total(job_standing(float(v.get("epsilon", 0.0)),
+                                  None if v.get("planned") is None else float(v["planned"]), bool(v.get("active")))
+                     for v in ledger.values())
+    spent = standing.spent
     budget = site.spec.privacy.budget
-    remaining = None if budget is None else round(max(0.0, budget - spent), 6)
+    left = remaining(budget, standing.spent, standing.reserved)
+    remaining_budget = None if left is None else round(left, 6)
     jobs = {k: v for k, v in (prior.get("jobs") or {}).items() if isinstance(v, dict)}
     training = sorted(k for k, v in jobs.items() if v.get("state") in (JOB_ADMITTED, JOB_TRAINING))
     refused = {k: v.get("reason", "") for k, v in jobs.items() if v.get("state") == JOB_REFUSED}
-    if remaining is not None and remaining <= 0:
+    unspent = remaining(budget, standing.spent)  # without the reservations: what is gone for good
+    if unspent is not None and unspent <= 0:
         phase, message = EXHAUSTED, f"the privacy budget of {budget:g} is spent; no private job runs here any more"
     elif training:
         phase, message = TRAINING, f"training in {', '.join(training)}"
@@ -52,13 +59,14 @@ def site_status(body: dict[str, Any], *, now: str) -> dict[str, Any]:
         "refused": refused,
         "conditions": [
             condition(before, "Ready", phase != EXHAUSTED, phase, message, gen, now),
-            condition(before, "BudgetAvailable", remaining is None or remaining > 0,
-                  "NoBudget" if budget is None else ("Available" if remaining and remaining > 0 else "Exhausted"),
-                  "no budget set" if budget is None else f"{remaining:g} of {budget:g} left", gen, now),
+            condition(before, "BudgetAvailable", remaining_budget is None or remaining_budget > 0,
+                  "NoBudget" if budget is None else ("Available" if remaining_budget and remaining_budget > 0
+                                                     else "Exhausted" if phase == EXHAUSTED else "Reserved"),
+                  "no budget set" if budget is None else f"{remaining_budget:g} of {budget:g} left", gen, now),
         ],
     }
     # Written as a JSON merge patch: a field or map key that no longer applies is sent as null.
-    out["remainingBudget"], out["budget"] = remaining, budget
+    out["remainingBudget"], out["budget"] = remaining_budget, budget
     out["refused"] = {**{k: None for k in (prior.get("refused") or {}) if k not in refused}, **refused}
     return out
 

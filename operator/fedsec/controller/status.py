@@ -148,7 +148,10 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
     metrics = {k: round(float(v), 6) for k, v in (agg.get("metrics") or prior.get("metrics") or {}).items()
                if k != "samples"}
     main = agg.get("mainMetric") or prior.get("mainMetricName")
-    epsilon = {k: round(float(v), 6) for k, v in (agg.get("epsilon") or prior.get("epsilon") or {}).items()}
+    # What the aggregator relays of the sites' spend is not theirs to set: it forgets it on a restart
+    # and is the job's side. A job's spend at a site never decreases, so a lower (or missing) number
+    # never replaces a higher one seen before; the sites' own ledgers enforce the budget regardless.
+    epsilon = _monotone_epsilon(prior.get("epsilon") or {}, agg.get("epsilon") or {})
     status: dict[str, Any] = {
         "phase": phase,
         "observedGeneration": g,
@@ -173,6 +176,15 @@ def job_status(o: Observation, prior: dict[str, Any], *, now: str | None = None)
         "conditions": conds,
     }
     return {k: v for k, v in status.items() if v is not None}
+
+
+def _monotone_epsilon(prior: dict[str, Any], reported: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for site in sorted(set(prior) | set(reported)):
+        values = [float(v) for v in (prior.get(site), reported.get(site)) if isinstance(v, (int, float))]
+        if values:
+            out[site] = round(max(values), 6)
+    return out
 
 
 def _keys_message(o: Observation, agg: dict[str, Any]) -> str:

@@ -197,6 +197,13 @@ def test_status_fields() -> None:
     assert "epsilonSpent" not in job_status(PHASES["pending"], {}, now=T0)
 
 
+def test_a_restarted_or_lying_aggregator_cannot_lower_a_sites_recorded_epsilon() -> None:
+    prior = {"epsilon": {"h1": 0.5, "h2": 1.25}}
+    restarted = keyed(sites_ready=3, aggregator_started=True, aggregator=agg(epsilon={"h1": 0.7, "h2": 0.1}))
+    s = job_status(restarted, prior, now=T1)
+    assert s["epsilon"] == {"h1": 0.7, "h2": 1.25} and s["epsilonSpent"] == 1.25
+
+
 # -- events --------------------------------------------------------------------------------------
 
 def test_failure_is_a_warning_event() -> None:

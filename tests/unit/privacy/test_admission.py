@@ -200,3 +200,14 @@ def test_the_factory_list_defaults_to_empty_and_keeps_what_the_site_wrote() -> N
     assert site("h").spec.policy.allowed_model_factories == []
     listed = ["a.b_c.d:make_model", "_private:_f"]
     assert site("h", policy={"allowedModelFactories": listed}).spec.policy.allowed_model_factories == listed
+
+
+def test_a_running_jobs_reservation_counts_against_a_new_job() -> None:
+    s = site("h", budget=3.0)
+    # another job spent 0.5 and, still running, may spend 1.5 more of its 2.0: 1.0 left, not 2.5
+    reason = refusal(job(), s, spent_elsewhere=0.5, reserved_elsewhere=1.5, quorum=2, sites=4)
+    assert reason is not None and "has only 1 left (0.5 spent by other jobs, 1.5 reserved by jobs still running)" in reason
+    assert refusal(job(), s, spent_elsewhere=0.5, reserved_elsewhere=0.0, quorum=2, sites=4) is None  # once it finished
+    others = [site(f"g{i}", budget=3.0, shard=i + 1) for i in range(2)]
+    plan = plan_job(job(quorum={"minClients": 2}), [s, *others], spent={"h": 0.5}, reserved={"h": 1.5})
+    assert set(plan.refused) == {"h"} and plan.site_names == ("g0", "g1")
