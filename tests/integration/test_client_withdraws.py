@@ -13,6 +13,7 @@ import pytest
 
 from fedsec.aggregation.base import RoundContext
 from fedsec.aggregation.registry import mode_for
+from fedsec.protocol.terms import round_seed
 from fedsec.runtime import local
 from fedsec.runtime.client import SiteClient
 from fedsec.runtime.config import ClientConfig
@@ -46,8 +47,8 @@ PARTICIPANTS = ("site-0", "site-1", "site-2")
 def task_with(site: SiteClient, model: dict[str, np.ndarray]) -> pb.Task:
     """Round 1's first task, its advertise request made by the real secure-aggregation server."""
     ctx = RoundContext(job_uid=site.cfg.job_uid, round_id=7, participants=PARTICIPANTS, min_survivors=2,
-                       tensor_specs=wire_tensors.specs_of(tmodels.state_to_numpy(site.model)), seed=b"s" * 32,
-                       weight_bound=100.0)
+                       tensor_specs=wire_tensors.specs_of(tmodels.state_to_numpy(site.model)),
+                       seed=round_seed(site.cfg.job_uid, 7))
     request = mode_for(site.cfg.job.spec.secure_aggregation).server(ctx).request_for("site-0")
     assert request is not None
     return pb.Task(round_id=7, round_number=1, kind="train", phase="advertise", model=wire_tensors.encode(model),

@@ -194,6 +194,12 @@ class ClientProtocol(abc.ABC):
     def respond(self, phase: str, request: bytes) -> bytes:
         """Answer the server's request for ``phase``; raise ProtocolRejection if the request is bad."""
 
+    @property
+    def blamed(self) -> Mapping[int, str]:
+        """Peers (by index among the round's participants) this client left out of its round, and
+        why; empty for protocols without peers."""
+        return {}
+
 
 @dataclass(frozen=True)
 class ModeInfo:

@@ -23,6 +23,7 @@ from fedsec.crypto import keyring
 from fedsec.controller.names import (
     GRPC_PORT, METRICS_PORT, OPERATOR_POD_LABEL, ROLE_AGGREGATOR, ROLE_CLIENT, JobNames, ledger_claim,
 )
+from fedsec.api.admitted import AdmittedPlan
 from fedsec.runtime.config import AggregatorConfig, ClientConfig, PkiPaths
 
 CONFIG_DIR = PurePosixPath("/etc/fedsec/config")
@@ -150,9 +151,11 @@ def site_in_pod(site: FederatedClient) -> FederatedClient:
     return FederatedClient.model_validate(doc)
 
 
-def client_config(job: FederatedJob, job_uid: str, site: FederatedClient, names: JobNames, settings: Settings) -> str:
+def client_config(job: FederatedJob, job_uid: str, site: FederatedClient, names: JobNames, settings: Settings,
+                  plan: AdmittedPlan) -> str:
+    """The site's client process config, with ``plan``: what the site admitted, its reference."""
     cfg = ClientConfig(
-        job=job, job_uid=job_uid, site=site_in_pod(site),
+        job=job, job_uid=job_uid, site=site_in_pod(site), plan=plan,
         aggregator=f"{aggregator_address(names, job.metadata.namespace, settings)}:{GRPC_PORT}",
         server_name="aggregator", pki=_pki_paths(),
         ledger_dir=Path(LEDGER_DIR),

@@ -26,6 +26,7 @@ from fedsec.api.client import FederatedClient
 from fedsec.api.errors import ManifestError
 from fedsec.api.job import FederatedJob
 from fedsec.api.meta import API_VERSION
+from fedsec.api.admitted import AdmittedPlan
 from fedsec.api.plan import plan_job, select_clients
 from fedsec.controller import children as ch
 from fedsec.controller import status as st
@@ -133,8 +134,9 @@ class JobReconciler:
             self.kube.patch_status("federatedjobs", name, ns, {"clientRun": run, "phase": st.RUNNING,
                                                                "aggregatorStopped": False})
         digest = self._ensure_aggregator_config(job, names, owner, obs.admitted, quorum, prior)
+        site_plan = AdmittedPlan.of(job, uid, obs.admitted, quorum)  # what each admitted site checks its rounds by
         for site in admitted:
-            self._ensure_site(job, names, site, fc_bodies, cache, run)
+            self._ensure_site(job, names, site, fc_bodies, cache, run, site_plan)
         obs.sites_ready = self._sites_ready(uid)
 
         deployment = self.kube.get("apps/v1", "Deployment", names.aggregator, ns)
@@ -324,7 +326,8 @@ class JobReconciler:
         return digest
 
     def _ensure_site(self, job: FederatedJob, names: JobNames, site: FederatedClient,
-                     fc_bodies: dict[tuple[str, str], dict[str, Any]], cache: _Cache, run: int) -> None:
+                     fc_bodies: dict[tuple[str, str], dict[str, Any]], cache: _Cache, run: int,
+                     site_plan: AdmittedPlan) -> None:
         s, sns = site.metadata.name, site.metadata.namespace
         fc = fc_bodies[(sns, s)]
         fc_owner = ch.Owner(API_VERSION, "FederatedClient", s, fc["metadata"]["uid"])
@@ -332,7 +335,7 @@ class JobReconciler:
         self._ensure_once(cache, ch.ledger_claim_manifest(site, fc_owner, self.settings))
         # Before the Job: its pods are never up without the fence.
         self._ensure_once(cache, ch.client_network_policy(names, site, job.metadata.namespace, fc_owner))
-        files = {ch.CLIENT_CONFIG: ch.client_config(job, job.metadata.uid or "", site, names, self.settings)}
+        files = {ch.CLIENT_CONFIG: ch.client_config(job, job.metadata.uid or "", site, names, self.settings, site_plan)}
         self._ensure_once(cache, ch.config_map(names.site(s), sns, labels, fc_owner, files))
         manifest = ch.client_job(names, site, fc_owner, self.settings)
         if run:

@@ -55,7 +55,6 @@ SERVICE = "fedsec.v1.Rounds"
 METHOD = f"/{SERVICE}/Exchange"
 LONG_POLL_SECONDS = 10.0
 SITE_METRICS = frozenset({"loss", "accuracy", "auc", "samples", "epsilon"})  # all a site may report
-MAX_DECLARED_SAMPLES = 10_000_000  # a declared size sets the round's weight bound: keep a liar's claim bounded
 
 
 class EventSink:
@@ -109,7 +108,9 @@ class Aggregator:
         self.metrics = AggregatorMetrics(self.job.metadata.name)
         self.store = CheckpointStore(cfg.state_dir)
         self.audit = AuditLog(cfg.state_dir / "audit.jsonl")
-        self.mode = mode_for(self.spec.secure_aggregation)
+        # The server checks each secagg key advert's signature itself, so a forged one blames its
+        # sender instead of costing every neighbour its check.
+        self.mode = mode_for(self.spec.secure_aggregation, verify_advert=self._verify_advert)
         self.holdout = load_holdout(self.job)
         self.history = _History()
         self._accepted_this_round = 0
@@ -168,7 +169,7 @@ class Aggregator:
             self.mode,
             state,
             now=time.monotonic(),
-            stats_mode=mode_for(self.spec.secure_aggregation, for_stats=True),
+            stats_mode=mode_for(self.spec.secure_aggregation, for_stats=True, verify_advert=self._verify_advert),
         )
         if rolled_back is not None:
             self._save_engine()
@@ -208,6 +209,15 @@ class Aggregator:
     @property
     def key_epoch(self) -> int:
         return self.epochs.epoch
+
+    def _verify_advert(self, site: str, cert_der: bytes, data: bytes, signature: bytes) -> bool:
+        """Whether ``site``'s identity key, certified by the job CA in an epoch this aggregator
+        accepts, signed ``data`` (a secagg key advert). Never raises for bad input."""
+        try:
+            ident = self.verifier.verify(cert_der, data, signature)
+        except IdentityError:
+            return False
+        return ident.name == site and ident.epoch in self.epochs.accepted(self.rotation)
 
     # -- key rotation ------------------------------------------------------------------------------
 
@@ -302,6 +312,8 @@ class Aggregator:
                 raise Rejected("busy", busy)
             reply = self._dispatch(sender, opened.header, opened.body)
         except Rejected as rej:
+            with self.cond:  # a refusal may have ended an attempt (a protocol error on this answer)
+                self._apply(self.engine.take_pending())
             if not sender and rej.sender in peer_names:  # authenticated, over its own channel: answer it
                 sender, nonce = rej.sender, rej.nonce
             reply = self._rejected(rej, sender, round_id, phase)
@@ -331,8 +343,7 @@ class Aggregator:
     def _dispatch(self, sender: str, header: pb.Header, body: Any) -> pb.Reply | pb.Ack | SerializedBody:
         with self.cond:
             if isinstance(body, pb.Join):
-                samples = min(int(body.num_samples), MAX_DECLARED_SAMPLES)
-                self._apply(self.engine.seen(sender, time.monotonic(), samples))
+                self._apply(self.engine.seen(sender, time.monotonic()))
                 self.audit.append("site-joined", site=sender, samples=int(body.num_samples))
                 self.events.emit("site_joined", site=sender, live=len(self.engine.live_sites), sites=len(self.cfg.sites))
                 self.cond.notify_all()
@@ -346,8 +357,7 @@ class Aggregator:
     def _long_poll(self, sender: str, body: pb.Poll) -> pb.Reply | SerializedBody:
         deadline = time.monotonic() + LONG_POLL_SECONDS
         while True:
-            samples = min(int(body.num_samples), MAX_DECLARED_SAMPLES)
-            result, effects = self.engine.poll(sender, body.last_round_id, time.monotonic(), samples)
+            result, effects = self.engine.poll(sender, body.last_round_id, time.monotonic())
             self._apply(effects)
             if isinstance(result, eng.TaskView):
                 return self._task_reply(result)
@@ -432,6 +442,12 @@ class Aggregator:
                 self.events.emit("round_discarded", round=e.round_number, round_id=e.round_id, attempt=e.attempt,
                                  reason=e.reason)
                 log.warning("round %d attempt %d discarded: %s", e.round_number, e.attempt, e.reason)
+            elif isinstance(e, eng.SitesBlamed):
+                self.audit.append("sites-blamed", sync=True, round=e.round_number, round_id=e.round_id,
+                                  blamed={k: v[:200] for k, v in e.blamed.items()})
+                self.events.emit("sites_blamed", round=e.round_number, round_id=e.round_id, blamed=dict(e.blamed))
+                log.warning("round %d: left out of its retries: %s", e.round_number,
+                            "; ".join(f"{k}: {v}" for k, v in sorted(e.blamed.items())))
             elif isinstance(e, eng.JobFinished):
                 self._save_engine()
                 self.audit.append("job-finished", sync=True, status=e.status, reason=e.reason)

@@ -5,6 +5,12 @@ plaintext mode the update itself, under secure aggregation a masked one) and the
 metrics on the site's validation split. Every reply from the aggregator is checked like every
 request is on the other side: CA-issued signer named ``aggregator``, this job, and an answer to
 the request just sent (``in_reply_to``), so an old reply cannot be replayed at us.
+
+The aggregator is not trusted with the round's terms: each Task is checked against the plan the
+site admitted (``ClientConfig.plan``, :func:`fedsec.protocol.terms.check_task`) before anything is
+trained or sent, and the round's seed and survivor count are the site's own derivation, never the
+Task's. A refused Task is counted and audited at the site (:mod:`fedsec.runtime.site_record`) and
+the site withdraws from that round.
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ from fedsec.privacy.distributed import clip_and_noise
 from fedsec.privacy.site import BudgetExhausted, SitePrivacyGuard
 from fedsec.protocol.key_epochs import SiteEpochs
 from fedsec.protocol.rejections import Rejected
+from fedsec.protocol.terms import TaskRefused, check_task, required_survivors, round_seed
 from fedsec.runtime import exitcodes
 from fedsec.runtime.aggregator import METHOD, stats_specs
 from fedsec.runtime.config import ClientConfig
 from fedsec.runtime.datasets import load_site_data
+from fedsec.runtime.site_record import SiteRecord
 from fedsec.training import data as tdata
 from fedsec.training import models as tmodels
 from fedsec.training.local import TrainConfig, TrainingError, evaluate, feature_stats, model_delta, train_local
@@ -65,6 +73,13 @@ class SiteClient:
         self.name = cfg.site.metadata.name
         self.incarnation = incarnation
         spec = cfg.job.spec
+        mismatch = cfg.plan.matches(cfg.job, cfg.job_uid)
+        if mismatch is None and self.name not in cfg.plan.roster:
+            mismatch = f"the admitted roster does not name this site ({self.name!r})"
+        if mismatch is not None:
+            raise ValueError(f"the client configuration is not the job this site admitted: {mismatch}")
+        self.record = SiteRecord(cfg.state_dir, self.name)
+        self._noted: dict[str, str] = {}  # the peers last written to the site's audit as left out
         self.keys = KeyRing(cfg.pki.keys_dir, self.name)
         held = self.keys.epochs()
         if not held:
@@ -262,6 +277,14 @@ class SiteClient:
         self._fault("train", task.round_number, before=True)
         if self._round is None or self._round.round_id != task.round_id:
             try:
+                self._check_task(task)
+            except TaskRefused as exc:
+                self.record.refused(exc.reason, exc.detail, round_id=task.round_id, round=task.round_number,
+                                    phase=task.phase)
+                self._round = _Round(task.round_id, None)
+                self.call(pb.Contribution(withdraw=True), task.round_id, task.phase)
+                return
+            try:
                 protocol = self._start_round(task) if task.model else None
             except (TrainingError, ValueError) as exc:
                 # Training diverged or the protocol refused the update (NaN, wrong shape): this
@@ -280,9 +303,11 @@ class SiteClient:
         try:
             response = self._round.protocol.respond(task.phase, task.request)
         except ProtocolRejection as exc:
-            log.error("round %d phase %s: the aggregator's request is invalid: %s; withdrawing", task.round_number, task.phase, exc)
+            self.record.refused("protocol", f"{exc.reason}: {exc.detail}", round_id=task.round_id,
+                                round=task.round_number, phase=task.phase)
             self.call(pb.Contribution(withdraw=True), task.round_id, task.phase)
             return
+        self._note_blamed(task)
         self._slow(task.round_number)
         ack = self.call(pb.Contribution(response=response, metrics=metrics), task.round_id, task.phase)
         if isinstance(ack, pb.Ack) and not ack.accepted:
@@ -291,6 +316,31 @@ class SiteClient:
                 self._round = None
         self._last_round_id = task.round_id
         self._fault(task.phase, task.round_number, before=False)
+
+    def _required(self, kind: str, participants: int) -> int:
+        """Least contributors of a round of ``participants``, by this site's own derivation."""
+        mode = self.stats_mode if kind == STATS else self.mode
+        return required_survivors(mode, participants, self.cfg.plan.quorum)
+
+    def _check_task(self, task: pb.Task) -> None:
+        check_task(
+            self.cfg.plan, site=self.name, rounds=self.cfg.job.spec.rounds, standardize=self.cfg.job.spec.task.standardize,
+            required=lambda n: self._required(task.kind, n), round_id=task.round_id, round_number=task.round_number,
+            kind=task.kind, participants=list(task.participants), min_survivors=task.min_survivors, seed=task.round_seed,
+        )
+
+    def _note_blamed(self, task: pb.Task) -> None:
+        """Peers the protocol left out of this site's round (a forged advert, shares that did not
+        open): the site's own audit log says so once per round."""
+        protocol = self._round.protocol if self._round else None
+        blamed = protocol.blamed if protocol is not None else {}
+        if blamed:
+            names = {task.participants[i] if i < len(task.participants) else str(i): why for i, why in blamed.items()}
+            if names != self._noted:
+                self._noted = names
+                self.record.note("peers-left-out", round_id=task.round_id, round=task.round_number, peers=names)
+                log.warning("round %d: left out of this site's round: %s", task.round_number,
+                            "; ".join(f"{k}: {v}" for k, v in sorted(names.items())))
 
     def _start_round(self, task: pb.Task) -> ClientProtocol | None:
         """Receive the global model, evaluate it, train (or measure features), and set up the protocol."""
@@ -313,9 +363,11 @@ class SiteClient:
                 self._metrics = {k: float(v) for k, v in evaluate(self.model, self.val).items() if np.isfinite(v)} if len(self.val) else {}
                 n = train_local(self.model, self.train, self.train_config)
                 update = ClientUpdate(model_delta(tmodels.state_to_numpy(self.model), global_state), float(n))
+        # The round's terms are this site's derivation (checked equal to the Task's in _check_task).
         ctx = RoundContext(
             job_uid=self.cfg.job_uid, round_id=task.round_id, participants=tuple(task.participants),
-            min_survivors=task.min_survivors, tensor_specs=specs, seed=task.round_seed,
+            min_survivors=self._required(task.kind, len(task.participants)), tensor_specs=specs,
+            seed=round_seed(self.cfg.job_uid, task.round_id),
         )
         log.info("round %d (%s): prepared update in %.2fs", task.round_number, task.kind, time.monotonic() - started)
         mode = self.stats_mode if task.kind == STATS else self.mode
@@ -347,7 +399,7 @@ class SiteClient:
         if distributed:
             delta = clip_and_noise(
                 delta, {k for k, _ in self.model.named_parameters()}, clipping_norm=self.privacy.clipping_norm,
-                noise_multiplier=self.privacy.schedule.noise_multiplier, min_survivors=max(1, task.min_survivors),
+                noise_multiplier=self.privacy.schedule.noise_multiplier, min_survivors=self._required(task.kind, len(task.participants)),
             )
         payload = wire_tensors.encode(delta)
         try:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedsec.api.admitted import AdmittedPlan
 from fedsec.api.client import FederatedClient
 from fedsec.api.job import FederatedJob
 from fedsec.api.scenario import Fault
@@ -59,9 +60,12 @@ class ClientConfig(BaseModel):
     job: FederatedJob
     job_uid: str
     site: FederatedClient
+    plan: AdmittedPlan = Field(description="what the site admitted: every Task is checked against it (fedsec.protocol.terms)")
     aggregator: str  # host:port
     server_name: str = "aggregator"  # the name the aggregator's certificate must carry
     pki: PkiPaths
     faults: list[Fault] = Field(default_factory=list)
     ledger_dir: Path | None = Field(None, description="where the site's privacy ledger lives (jobs with privacy)")
     give_up_seconds: float = Field(600.0, gt=0.0, description="stop when the aggregator is unreachable this long")
+    state_dir: Path | None = Field(None, description="the site's own directory: its audit log and refusal counts "
+                                   "(fedsec.runtime.site_record); None keeps them in the log only")

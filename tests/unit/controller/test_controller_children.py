@@ -13,6 +13,7 @@ from fedsec.controller import children as ch
 from fedsec.controller.names import (
     GRPC_PORT, LABEL_JOB, LABEL_JOB_UID, LABEL_ROLE, LABEL_SITE, METRICS_PORT, JobNames, ledger_claim,
 )
+from fedsec.api.admitted import AdmittedPlan
 from fedsec.runtime.config import AggregatorConfig, ClientConfig
 
 from controller_bodies import JOB_UID, SITE_UID, client, job
@@ -279,9 +280,12 @@ def test_aggregator_config_round_trips() -> None:
 
 def test_client_config_round_trips_with_the_fqdn_aggregator() -> None:
     j, site = job(), client()
-    text = ch.client_config(j, JOB_UID, site, NAMES, SETTINGS)
+    plan = AdmittedPlan.of(j, JOB_UID, [site.metadata.name, "other-site"], 2)
+    text = ch.client_config(j, JOB_UID, site, NAMES, SETTINGS, plan)
     cfg = ClientConfig.model_validate_json(text)
     assert cfg.job == j and cfg.site == site and cfg.job_uid == JOB_UID
+    # the site's reference travels with it, and binds the very job in the config
+    assert cfg.plan == plan and cfg.plan.matches(cfg.job, cfg.job_uid) is None
     assert cfg.aggregator == "breast-cancer-aggregator.research.svc.corp.example:7443"
     assert cfg.server_name == "aggregator"
     assert cfg.ledger_dir == Path("/var/lib/fedsec/ledger")

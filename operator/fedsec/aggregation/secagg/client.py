@@ -104,8 +104,7 @@ class SecAggClient(ClientProtocol):
         self._confirm_keys: dict[int, bytes] = {}  # peer -> the pair's consistency MAC key
         self._survivors: frozenset[int] | None = None  # U3 as the server showed it
         self._digest = b""
-        self.blamed: dict[int, str] = {}
-        """Peers this client left out of the round, and why (public: reported to the server)."""
+        self._blamed: dict[int, str] = {}  # peers left out of this round, and why (reported to the server)
 
     @property
     def state(self) -> str:
@@ -115,6 +114,10 @@ class SecAggClient(ClientProtocol):
     @property
     def neighbours(self) -> frozenset[int]:
         return self._neighbours
+
+    @property
+    def blamed(self) -> dict[int, str]:
+        return dict(self._blamed)
 
     def respond(self, phase: str, request: bytes) -> bytes:
         if self._state in (_DONE, _FAILED):
@@ -190,14 +193,14 @@ class SecAggClient(ClientProtocol):
             peer_id = self._ctx.participants[v]
             if len(a.seed_commitment) != keys.COMMITMENT_BYTES or not (
                     keys.valid_public_key(a.cipher_public_key) and keys.valid_public_key(a.mask_public_key)):
-                self.blamed[v] = "bad_key"
+                self._blamed[v] = "bad_key"
                 continue
             signed = keys.advert_message(
                 self._binding, peer_id, a.cipher_public_key, a.mask_public_key, a.seed_commitment
             )
             if not self._id.verify(peer_id, a.cert, signed, a.signature):
                 # A forged or substituted advert: never share with (or mask against) that key.
-                self.blamed[v] = "bad_signature"
+                self._blamed[v] = "bad_signature"
                 continue
             peers[v] = a
         if len(peers) + 1 < self._params.local_threshold:
@@ -226,7 +229,7 @@ class SecAggClient(ClientProtocol):
             )
             plaintext = shamir.encode_share(sy) + shamir.encode_share(ky)
             out.shares.add(peer=h, ciphertext=aead.seal(share_key, self._binding, self._me, h, plaintext))
-        for v, why in sorted(self.blamed.items()):
+        for v, why in sorted(self._blamed.items()):
             out.blamed.add(peer=v, reason=why)
         self._cipher = None  # its only uses were the share and confirmation keys, kept per peer
         self._mask = None  # shared above; the pairwise seeds it agreed are kept per peer
@@ -262,7 +265,7 @@ class SecAggClient(ClientProtocol):
                 # The peer still masks with us (our pairwise seed needs no shares): we mask with it
                 # too and only cannot help rebuild its secrets. Say so, and go on.
                 bad_shares.append(s.peer)
-                self.blamed[s.peer] = "bad_share"
+                self._blamed[s.peer] = "bad_share"
         params = self._params
         fixed = params.fixed
         d = params.dimension
