@@ -14,6 +14,9 @@ API_VERSION = f"{GROUP}/{VERSION}"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# A uid names files (the local launcher's run and ledger entries): the Kubernetes shape (a UUID), or
+# a plain token that cannot leave a directory (no '/', no leading '.', so neither '..' nor a dotfile).
+_UID = re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$|^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 
 
 def _camel(name: str) -> str:
@@ -67,6 +70,16 @@ class ObjectMeta(Spec):
     @classmethod
     def _dns(cls, v: str) -> str:
         return check_dns_label(v)
+
+    @field_validator("uid")
+    @classmethod
+    def _uid(cls, v: str | None) -> str | None:
+        if v is not None and not _UID.fullmatch(v):
+            raise ValueError(
+                f"uid {v[:80]!r} must be a Kubernetes uid (a UUID) or 1-128 letters, digits, '.', '_' or '-' "
+                "not starting with '.': it becomes a file name. Remove it to have one generated"
+            )
+        return v
 
     @field_validator("labels")
     @classmethod

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fedsec.api.errors import ManifestError
 from fedsec.runtime import exitcodes
+from fedsec.runtime.runlock import RunDirInUse
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -40,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return local.run(Path(args.dir), run_dir=args.run_dir, job_name=args.job, display=Display(quiet=args.quiet),
                          ledger_dir=args.ledger_dir)
-    except ManifestError as exc:
+    except (ManifestError, RunDirInUse) as exc:
         print(exc, file=sys.stderr)
         return exitcodes.CONFIG_ERROR
 
@@ -52,7 +53,7 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         return local.simulate(Path(args.scenario), run_dir=args.run_dir, display=Display(quiet=args.quiet),
                               ledger_dir=args.ledger_dir)
-    except ManifestError as exc:
+    except (ManifestError, RunDirInUse) as exc:
         print(exc, file=sys.stderr)
         return exitcodes.CONFIG_ERROR
 
@@ -72,6 +73,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
+    from fedsec.runtime import runlock
     from fedsec.runtime.checkpoints import CheckpointError, CheckpointStore
     from fedsec.telemetry.audit import AuditLog
 
@@ -81,16 +83,18 @@ def _rollback(args: argparse.Namespace) -> int:
         return exitcodes.CONFIG_ERROR
     store = CheckpointStore(run_dir)
     try:
-        cp = store.rollback(args.to_round, reason=args.reason)
-    except CheckpointError as exc:
+        # Held until the rollback is on disk: a live run would write versions and audit entries too.
+        with runlock.hold(run_dir):
+            cp = store.rollback(args.to_round, reason=args.reason)
+            audit = AuditLog(run_dir / "audit.jsonl")
+            audit.append("rollback", sync=True, to_round=args.to_round, new_version=cp.version, reason=args.reason)
+            audit.close()
+            engine = store.load_engine()
+            if engine is not None:  # a rollback reopens a finished job: the rounds after it are trained again
+                store.save_engine({**engine, "status": "Running", "reason": "", "attempt": 0})  # retries start over
+    except (CheckpointError, runlock.RunDirInUse) as exc:
         print(exc, file=sys.stderr)
         return exitcodes.CONFIG_ERROR
-    audit = AuditLog(run_dir / "audit.jsonl")
-    audit.append("rollback", sync=True, to_round=args.to_round, new_version=cp.version, reason=args.reason)
-    audit.close()
-    engine = store.load_engine()
-    if engine is not None:  # a rollback reopens a finished job: the rounds after it are trained again
-        store.save_engine({**engine, "status": "Running", "reason": ""})
     print(f"model version {cp.version} now holds round {args.to_round}'s model; resume with: fedsec run DIR --run-dir {run_dir}")
     return exitcodes.OK
 

@@ -29,7 +29,7 @@ from fedsec.api.job import FederatedJob
 from fedsec.api.plan import JobPlan, plan_job
 from fedsec.api.scenario import Fault, Scenario
 from fedsec.crypto import keyring, pki
-from fedsec.runtime import exitcodes
+from fedsec.runtime import exitcodes, runlock
 from fedsec.runtime.config import AggregatorConfig, ClientConfig, PkiPaths
 from fedsec.runtime.progress import Display
 from fedsec.privacy.ledger import REFUSED, JobRef, SiteLedger, ledger_path
@@ -419,7 +419,8 @@ class Launcher:
 def run(manifests_dir: Path, *, run_dir: Path | None = None, job_name: str | None = None,
         faults: list[Fault] | None = None, display: Display, ledger_dir: Path | None = None) -> int:
     layout = prepare(manifests_dir, run_dir, job_name, faults or [], ledger_dir)
-    return Launcher(layout, display).run()
+    with runlock.hold(layout.run_dir):  # `fedsec rollback` refuses the directory while we run
+        return Launcher(layout, display).run()
 
 
 def simulate(scenario_path: Path, *, run_dir: Path | None = None, display: Display, ledger_dir: Path | None = None) -> int:
