@@ -82,14 +82,20 @@ def test_degree_and_local_threshold():
     assert c.complete and c.local_threshold == c.threshold == 67
 
 
-@pytest.mark.parametrize(("config", "n", "match"), [(SecAggConfig(), 1, "at least 2"), (SecAggConfig(threshold=5), 4, "only 4"),
-                                                   (SecAggConfig(threshold=5), 10, "strict majority")])
-def test_a_round_the_config_cannot_serve_aborts_at_once_and_never_raises(config, n, match) -> None:
+@pytest.mark.parametrize(
+    ("config", "n", "required", "match"),
+    [
+        (SecAggConfig(), 1, 2, "at least 2"),  # more survivors required than there are participants
+        (SecAggConfig(threshold=5), 4, 5, "only 4"),
+        (SecAggConfig(threshold=5), 10, 6, "strict majority"),  # 6 could survive, but 5 of 10 is no majority
+    ],
+)
+def test_a_round_the_config_cannot_serve_aborts_at_once_and_never_raises(config, n, required, match) -> None:
     from fedsec.aggregation.base import Aborted, RoundContext, TensorSpec
 
     mode = SecAggMode(config)
     ctx = RoundContext("job", 1, tuple(f"c{i}" for i in range(n)), 1, (TensorSpec("v", (3,)),))
-    assert mode.required_survivors(n, 1) > n or match == "strict majority"
+    assert mode.required_survivors(n, 1) == required
     server = mode.server(ctx)
     assert server.expected() == frozenset() and server.request_for("c0") is None
     outcome = server.close_phase()
