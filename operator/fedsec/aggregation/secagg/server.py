@@ -24,8 +24,9 @@ Faults. What anyone can check on a public message — key sizes, low-order keys,
 signature (when the mode was given the job CA's verifier) — the server checks itself: the culprit's
 answer is refused, it leaves the round, and it is blamed (``blamed()``), so the engine leaves it out
 of the round's retries. What only a client can see — shares that do not open — a client reports;
-the server leaves that pair out (the pairwise masks still cancel: they need no shares) and blames
-both ends, since it cannot tell which one lies. A client that accuses an advert the server verified
+the server leaves that pair out (the pairwise masks still cancel: they need no shares) and, since it
+cannot tell who lies, blames a client accused by two or more others alone and both ends of a lone
+accusation. A client that accuses an advert the server verified
 is the one blamed. Every error in the last step aborts the round with a reason; nothing escapes.
 
 What the server stores: adverts (public keys), sealed shares in transit, the running masked sum and
@@ -104,7 +105,8 @@ class SecAggServer(ServerProtocol):
         self._confirms: dict[int, dict[int, bytes]] = {}  # recipient -> sender -> SecAggConfirmation
         self._removed: dict[int, set[int]] = {}  # pairs a client left out: client -> peers
         self._not_held: set[tuple[int, int]] = set()  # (holder, owner): holder could not open owner's shares
-        self._blamed: dict[int, str] = {}
+        self._blamed: dict[int, str] = {}  # faults the server verified itself
+        self._accusations: dict[int, dict[int, str]] = {}  # accused -> accuser -> why (shares that did not open)
         self._sum = np.zeros(dim + 1, dtype=self._params.fixed.dtype)
         self._seed_points: dict[int, list[tuple[int, int]]] = {}
         self._key_points: dict[int, list[tuple[int, int]]] = {}
@@ -144,7 +146,18 @@ class SecAggServer(ServerProtocol):
         return len(self._u3) if self._phase in (ph.CONSISTENCY, ph.UNMASK) else len(self._active)
 
     def blamed(self) -> dict[str, str]:
-        return {self._ctx.participants[i]: why for i, why in sorted(self._blamed.items())}
+        """Verified faults, and disputes: a client accused by two or more others is blamed alone;
+        one accusation the server cannot check blames both ends (a liar pays with its own place
+        for each site it pushes out, and it takes two colluders to push out an honest site)."""
+        out = dict(self._blamed)
+        names = self._ctx.participants
+        for accused, by in self._accusations.items():
+            what = ", ".join(sorted(set(by.values())))
+            out.setdefault(accused, f"{what} reported by {', '.join(repr(names[a]) for a in sorted(by))}")
+            if len(by) == 1:
+                (accuser,) = by
+                out.setdefault(accuser, f"reported {what} of {names[accused]!r}, alone")
+        return {names[i]: why for i, why in sorted(out.items())}
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -272,10 +285,8 @@ class SecAggServer(ServerProtocol):
         self._removed.setdefault(b, set()).add(a)
 
     def _dispute(self, accuser: int, accused: int, why: str) -> None:
-        """One client's word against another's: the server cannot tell who lies, so both sit out
-        the retries (a liar pays with its own place for each site it pushes out)."""
-        self._blamed.setdefault(accused, f"{self._ctx.participants[accuser]!r} reports {why}")
-        self._blamed.setdefault(accuser, f"reported {why} of {self._ctx.participants[accused]!r}")
+        """One client's word against another's, settled in :meth:`blamed`."""
+        self._accusations.setdefault(accused, {})[accuser] = why
 
     def _take_masked(self, i: int, body: bytes) -> None:
         res = ph.parse(pb.SecAggMaskedInputResponse, body, "masked input")
