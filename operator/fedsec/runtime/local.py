@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fedsec.api import loader
+from fedsec.api.admitted import AdmittedPlan
 from fedsec.api.client import FederatedClient
 from fedsec.api.errors import FieldError, ManifestError
 from fedsec.api.job import FederatedJob
@@ -76,6 +77,10 @@ class RunLayout:
 
     def client_config(self, site: str) -> Path:
         return self.run_dir / "sites" / site / "client.json"
+
+    def site_dir(self, name: str) -> Path:
+        """A site's own directory in a local run: its audit log and refusal counts."""
+        return self.run_dir / "sites" / name
 
     def log_path(self, name: str) -> Path:
         return self.run_dir / "logs" / f"{name}.log"
@@ -221,12 +226,13 @@ def write_configs(layout: RunLayout, port: int | None) -> None:
     write_json_atomic(layout.aggregator_config, json.loads(cfg.model_dump_json(by_alias=True)))
     if port is None:
         return
+    admitted = AdmittedPlan.of(layout.job, layout.job_uid, list(layout.plan.site_names), layout.plan.quorum)
     for site in layout.plan.admitted:
         name = site.metadata.name
         ccfg = ClientConfig(
-            job=layout.job, job_uid=layout.job_uid, site=site, aggregator=f"127.0.0.1:{port}",
+            job=layout.job, job_uid=layout.job_uid, site=site, plan=admitted, aggregator=f"127.0.0.1:{port}",
             pki=layout.pki_paths(name), faults=[f for f in layout.faults if f.client == name],
-            ledger_dir=layout.ledger_dir,
+            ledger_dir=layout.ledger_dir, state_dir=layout.site_dir(name),
         )
         write_json_atomic(layout.client_config(name), json.loads(ccfg.model_dump_json(by_alias=True)))
 
