@@ -54,6 +54,7 @@ from fedsec.wire.proto import round_pb2 as pb
 
 log = logging.getLogger("fedsec.client")
 CALL_TIMEOUT_SECONDS = 60.0  # above the aggregator's long poll
+BUSY_BACKOFF_SECONDS = 1.0  # after a "busy" refusal: the aggregator holds too many of our calls
 KEY_POLL_SECONDS = 0.5  # how often to look for a rotated key that has not reached the key directory yet
 
 
@@ -208,7 +209,9 @@ class SiteClient:
                 break
             except grpc.RpcError as err:
                 code = err.code()  # type: ignore[attr-defined]
-                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                # RESOURCE_EXHAUSTED: the aggregator is shedding load (its concurrent-call bound).
+                if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                                grpc.StatusCode.RESOURCE_EXHAUSTED):
                     raise
                 now = time.monotonic()
                 self._unreachable_since = self._unreachable_since or now
@@ -260,6 +263,8 @@ class SiteClient:
                 log.warning("poll refused: %s: %s", reply.reason, reply.detail)
                 if reply.reason in ("unknown-sender", "wrong-job", "peer-mismatch"):
                     return exitcodes.CONFIG_ERROR
+                if reply.reason == "busy":
+                    time.sleep(BUSY_BACKOFF_SECONDS)  # the aggregator asked for fewer calls; nothing to wait on
                 continue
             which = reply.WhichOneof("kind")
             if which == "done":
