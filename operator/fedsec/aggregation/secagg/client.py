@@ -202,6 +202,17 @@ class SecAggClient(ClientProtocol):
                 # A forged or substituted advert: never share with (or mask against) that key.
                 self._blamed[v] = "bad_signature"
                 continue
+            try:
+                share_key, confirm_key = self._cipher.agree_many(
+                    a.cipher_public_key,
+                    (keys.pair_info(ph.SHARE_KEY, self._binding, self._me, v),
+                     keys.pair_info(ph.CONFIRM_KEY, self._binding, self._me, v)),
+                )
+                mask_seed = self._mask.agree(a.mask_public_key, keys.pair_info(ph.MASK_SEED, self._binding, self._me, v))
+            except ValueError:  # a key no agreement can use, that the small-order table missed
+                self._blamed[v] = "bad_key"
+                continue
+            self._share_keys[v], self._confirm_keys[v], self._mask_seeds[v] = share_key, confirm_key, mask_seed
             peers[v] = a
         if len(peers) + 1 < self._params.local_threshold:
             raise ProtocolRejection(
@@ -217,18 +228,8 @@ class SecAggClient(ClientProtocol):
             if h == self._me:
                 self._own = (sy, ky)
                 continue
-            # Keys were checked above (valid, not of low order): these agreements cannot fail.
-            share_key, confirm_key = self._cipher.agree_many(
-                peers[h].cipher_public_key,
-                (keys.pair_info(ph.SHARE_KEY, self._binding, self._me, h),
-                 keys.pair_info(ph.CONFIRM_KEY, self._binding, self._me, h)),
-            )
-            self._share_keys[h], self._confirm_keys[h] = share_key, confirm_key
-            self._mask_seeds[h] = self._mask.agree(
-                peers[h].mask_public_key, keys.pair_info(ph.MASK_SEED, self._binding, self._me, h)
-            )
             plaintext = shamir.encode_share(sy) + shamir.encode_share(ky)
-            out.shares.add(peer=h, ciphertext=aead.seal(share_key, self._binding, self._me, h, plaintext))
+            out.shares.add(peer=h, ciphertext=aead.seal(self._share_keys[h], self._binding, self._me, h, plaintext))
         for v, why in sorted(self._blamed.items()):
             out.blamed.add(peer=v, reason=why)
         self._cipher = None  # its only uses were the share and confirmation keys, kept per peer
