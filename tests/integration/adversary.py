@@ -113,7 +113,22 @@ def run_evil_aggregator(attacks: list[str], config: Path) -> int:
             return eng.WaitView("not in this round"), effects
         return result, effects
 
+    real_maybe_close = eng.RoundEngine._maybe_close_phase
+
+    def maybe_close(self: eng.RoundEngine, now: float) -> list[eng.Effect]:
+        # An attacker wants every site to see its attack: an attacked attempt waits for each site
+        # it asked to answer or withdraw, rather than ending at the first withdrawal below quorum.
+        a = self._attempt
+        attack = by_attempt.get(a.round_id) if a is not None else None
+        if a is None or attack is None:
+            return real_maybe_close(self, now)
+        asked = set(a.participants[:2]) if attack == "too-few" else set(a.server.expected())
+        if asked - a.answered - a.withdrawn:
+            return []
+        return self._close_phase(now, deadline=attack == "too-few")
+
     eng.RoundEngine.poll = poll  # type: ignore[method-assign]
+    eng.RoundEngine._maybe_close_phase = maybe_close  # type: ignore[method-assign]
     aggregator.Aggregator._task = task  # type: ignore[method-assign]
     SecAggServer._build_request = request  # type: ignore[method-assign]
     return aggregator.main(config, 0)
