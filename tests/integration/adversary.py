@@ -62,6 +62,14 @@ def _weight_bound(task: pb.Task) -> None:
         task.request = req.SerializeToString()
 
 
+def _weak_threshold(task: pb.Task) -> None:
+    """Secrets shared at a bare minimum of holders, whatever the job's threshold says."""
+    if task.phase == ph.ADVERTISE:
+        req = spb.SecAggAdvertiseRequest.FromString(task.request)
+        req.params.threshold = req.params.local_threshold = 2
+        task.request = req.SerializeToString()
+
+
 TASK_ATTACKS: dict[str, TaskAttack] = {
     "aggregator-joins": _aggregator_joins,
     "too-few": _too_few,
@@ -69,6 +77,7 @@ TASK_ATTACKS: dict[str, TaskAttack] = {
     "inflated-survivors": _inflated_survivors,
     "extra-round": _extra_round,
     "weight-bound": _weight_bound,
+    "weak-threshold": _weak_threshold,
 }
 SPLIT_VIEW = "split-view"  # the server shows site-0 a survivor set without site-1 (consistency check)
 FORGED_CONFIRMATION = "forged-confirmation"  # the server hands site-0 a neighbour's confirmation it made up

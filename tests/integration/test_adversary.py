@@ -104,6 +104,8 @@ EXPECTED = {
     "extra-round": {s: "beyond-plan" for s in SITES},
     # secure aggregation's own check: the weight bound is the plan's, not the server's
     "weight-bound": {s: "protocol" for s in SITES},
+    # ... and so are the threshold and the neighbourhood threshold
+    "weak-threshold": {s: "protocol" for s in SITES},
     # the consistency check: site-0, shown a survivor set without site-1, refuses to confirm it (too
     # few survivors for the plan) and reveals nothing; the others, shown the true set, unmask it
     "split-view": {"site-0": "protocol"},
@@ -140,7 +142,7 @@ def test_no_attacked_attempt_committed_and_the_job_still_finished(attacked: Outc
     committed = _events(attacked, "round-committed")
     discarded = _events(attacked, "round-discarded")
     refused_by_all = len(EXPECTED) - len(CAUGHT_BY_THE_VICTIM)
-    # attempts 1..6 carried Task attacks every site refused: each was discarded, nothing unmasked
+    # the first attempts carried Task attacks every site refused: each was discarded, nothing unmasked
     assert [d["round_id"] for d in discarded] == list(range(1, refused_by_all + 1))
     assert [c["round_id"] for c in committed] == [refused_by_all + 1, refused_by_all + 2]
     # ... and the victim of the last two kept its secrets: it revealed no share in those attempts
