@@ -37,14 +37,17 @@ def planned_epsilon(job: FederatedJob) -> float:
 
 
 def least_survivors(job: FederatedJob, quorum: int, sites: int) -> tuple[float, int]:
-    """The job's secure-aggregation threshold as (fraction of a round, least survivors of any round)."""
-    from fedsec.aggregation.secagg.config import DEFAULT_THRESHOLD
+    """The job's secure-aggregation threshold as (fraction of a round, least survivors of any round).
 
-    t = job.spec.secure_aggregation.threshold
-    t = DEFAULT_THRESHOLD if t is None else t
-    if isinstance(t, float):
-        return t, max(quorum, math.ceil(t * quorum - 1e-9))
-    return t / max(sites, 1), max(quorum, t)
+    The count is the one rule the engine and every site use (``SecAggMode.required_survivors``) for
+    the smallest round the quorum allows."""
+    from fedsec.aggregation.registry import secagg_config
+    from fedsec.aggregation.secagg.mode import SecAggMode
+
+    config = secagg_config(job.spec.secure_aggregation)
+    t = config.threshold
+    fraction = float(t) if isinstance(t, float) else t / max(sites, 1)
+    return fraction, SecAggMode(config).required_survivors(quorum, quorum)
 
 
 def image_allowed(patterns: Sequence[str], image: str) -> bool:
