@@ -38,6 +38,7 @@ from fedsec.storage.atomic import write_json_atomic
 from fedsec.privacy.report import privacy_section
 from fedsec.protocol.key_epochs import RotationPolicy, issued_epochs
 from fedsec.runtime.report import SUMMARY
+from fedsec.runtime.site_record import read_counts
 from fedsec.telemetry.metrics import write_privacy_textfile
 
 MAX_RESTARTS = 3  # like a Job's backoffLimit; a crash loop ends the run instead of spinning
@@ -406,6 +407,10 @@ class Launcher:
                 if entry is not None:
                     entry["exit_codes"] = codes
                     entry["restarts"] = self.restarts.get(name, 0)
+            # ... what each site refused of the aggregator, from the site's own record (never the
+            # aggregator's word) ...
+            refusals = {site: read_counts(self.layout.site_dir(site)) for site in self.layout.plan.site_names}
+            summary["site_refusals"] = {site: counts for site, counts in refusals.items() if counts}
             # ... and the privacy ledgers of the sites, which it reads as the operator reads their status.
             if summary.get("status") in ("Succeeded", "Failed"):
                 try:

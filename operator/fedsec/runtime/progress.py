@@ -134,6 +134,9 @@ class Display:
             keys = summary.get("keys") or {}
             if keys.get("rotate_every_rounds"):
                 table.add_row("keys", f"epoch {keys['epoch']} (rotated every {keys['rotate_every_rounds']} rounds)")
+            for site, counts in sorted((summary.get("site_refusals") or {}).items()):
+                # the site refused Tasks that departed from what it admitted: see its audit log
+                table.add_row("[red]site refused[/]", f"{site}: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
             if summary.get("rejected_messages"):
                 table.add_row("rejected", ", ".join(f"{k}: {v}" for k, v in summary["rejected_messages"].items()))
             table.add_row("plot", summary["artifacts"]["plot"])
