@@ -156,7 +156,7 @@ def test_dp_example_reaches_its_auc_within_budget_and_the_budget_example_refuses
 
 
 def test_a_site_that_runs_out_mid_job_stops_and_the_job_goes_on(tmp_path: Path) -> None:
-    from fedsec.privacy.ledger import JobRef, Release, SiteLedger, ledger_path
+    from fedsec.privacy.ledger import JobRef, Release, SiteLedger, Terms, ledger_path
 
     manifests = private_job(tmp_path / "m", rounds=3, budgets={3: 2.5}, quorum={"minClients": 3})
     led = tmp_path / "ledger"
@@ -166,8 +166,11 @@ def test_a_site_that_runs_out_mid_job_stops_and_the_job_goes_on(tmp_path: Path) 
     for line in proc.stderr:
         if line.lstrip().startswith("round   1/"):
             # another job spends 1.0 on site-3 meanwhile: this job's full 2.0 no longer fits in its 2.5
-            SiteLedger(ledger_path(led, "site-3"), "site-3").record_release(
-                JobRef("other-uid", "other"), Release(1, 1, "x", 4.0, 1.0, 1), delta=1e-5, accountant="rdp")
+            other = JobRef("other-uid", "other")
+            site3 = SiteLedger(ledger_path(led, "site-3"), "site-3")
+            site3.charge(other, Release(1, 1, "x", 4.0, 1.0, 1), Terms("dp-sgd", 5.0, 5, 1e-5), b"other",
+                         delta=1e-5, accountant="rdp")
+            site3.finish(other, "done")
             break
     out, err = proc.communicate(timeout=RUN_TIMEOUT_SECONDS)
     assert proc.returncode == 0, err[-3000:]
@@ -177,3 +180,72 @@ def test_a_site_that_runs_out_mid_job_stops_and_the_job_goes_on(tmp_path: Path) 
     assert row["status"] == "BudgetExhausted" and "above its budget 2.5" in row["reason"]
     assert row["spent_total"] <= 2.5 and row["rounds_released"] < 3
     assert all(s["privacy"]["sites"][f"site-{i}"]["rounds_released"] == 3 for i in range(3))
+
+
+def _trainings(log_path: Path) -> tuple[int, list[str]]:
+    """From the site's own log: how many times it trained, and the update hashes (12 hex digits)
+    of the trainings it charged and sent. A training cut short by a kill before its charge
+    released nothing, and is in the first count only."""
+    lines = log_path.read_text().splitlines()
+    charged = [line.split("charged release ")[1][:12] for line in lines if "charged release " in line]
+    return sum("training a new release" in line for line in lines), charged
+
+
+def _check_ledger_matches_trainings(run_dir: Path, led: Path, site: str) -> dict[str, Any]:
+    from fedsec.privacy.accountant import epsilon
+
+    entry = next(iter(ledger(led, site)["jobs"].values()))
+    releases = entry["releases"]
+    trained, charged = _trainings(run_dir / "logs" / f"{site}.log")
+    assert [r["update_sha256"][:12] for r in releases] == charged, f"{site}: charged {charged}, recorded {releases}"
+    assert len(releases) <= trained
+    assert len({r["update_sha256"] for r in releases}) == len(releases)  # every release distinct bytes
+    history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in releases]
+    assert entry["epsilon"] == epsilon(history, entry["delta"], entry["accountant"])  # exactly, not approximately
+    return entry
+
+
+def test_rounds_asked_again_after_an_aggregator_crash_are_charged_as_trained(tmp_path: Path) -> None:
+    """An aggregator that dies mid-round re-asks the round from the same model: a site re-sends the
+    kept bytes for free, or trains again and pays; either way the ledger holds one release per
+    training and its epsilon is the accountant's over exactly those."""
+    from fedsec_runs import write_scenario
+
+    manifests = private_job(tmp_path / "m", rounds=3, quorum={"minClients": 3})
+    scenario = write_scenario(tmp_path / "crash.yaml", manifests, [
+        {"kind": "aggregator-crash", "round": 2, "afterUpdates": 2},  # after some sites answered round 2
+    ])
+    led, run = tmp_path / "l", tmp_path / "run"
+    proc = fedsec("simulate", str(scenario), "--run-dir", str(run), "--ledger-dir", str(led), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = summary_of(proc)
+    assert s["status"] == "Succeeded" and committed_rounds(s) == [1, 2, 3]
+    assert s["aggregator"]["restarts"] == 1
+    resent = sum("re-sending the update already paid for" in (run / "logs" / f"{n}.log").read_text() for n in s["clients"])
+    assert resent > 0  # the restarted aggregator did ask round 2 again
+    for name in s["clients"]:
+        entry = _check_ledger_matches_trainings(run, led, name)
+        assert len(entry["releases"]) <= 3 and entry["epsilon"] <= 2.0  # never past what the site admitted
+        assert entry["status"] == "Finished"
+        assert s["privacy"]["sites"][name]["epsilon_this_job"] == entry["epsilon"]
+
+
+def test_a_resumed_run_charges_what_its_sites_trained_and_the_summary_shows_the_ledgers(tmp_path: Path) -> None:
+    """The same job run again from its run directory: every round the resumed aggregator asks again
+    is re-sent from kept bytes or trained and paid. The epsilon per site in summary.json is the
+    site ledger's (the accountant's over its releases), which the aggregator never reported: it
+    keeps no per-site epsilon in its summary."""
+    manifests = private_job(tmp_path / "m", rounds=4, quorum={"minClients": 4})
+    led, run = tmp_path / "l", tmp_path / "run"
+    args = ["run", str(manifests), "--run-dir", str(run), "--ledger-dir", str(led)]
+    assert _run_until_round(args, 2) == 130
+    resumed = fedsec(*args, "--quiet")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    s = summary_of(resumed)
+    assert committed_rounds(s) == [1, 2, 3, 4]
+    assert not any("epsilon" in h["site_metrics"] for h in s["history"])  # nothing the aggregator was told
+    for name, row in s["privacy"]["sites"].items():
+        entry = _check_ledger_matches_trainings(run, led, name)
+        assert row["epsilon_this_job"] == entry["epsilon"] and row["rounds_released"] == len(entry["releases"])
+        assert 4 <= len(entry["releases"]) and entry["epsilon"] <= 2.0
+        assert row["remaining"] == pytest.approx(10.0 - entry["epsilon"])  # finished: nothing reserved any more
