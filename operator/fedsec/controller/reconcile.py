@@ -35,6 +35,7 @@ from fedsec.controller.parse import describe, parse_client, parse_job
 from fedsec.controller.sites import JOB_ADMITTED, JOB_DELETED, JOB_DONE, JOB_FAILED, JOB_REFUSED, JOB_TRAINING
 from fedsec.controller.names import GRPC_PORT, ROLE_CLIENT, JobNames, job_key
 from fedsec.crypto import keyring, pki
+from fedsec.privacy import budget
 from fedsec.privacy.admission import planned_epsilon
 from fedsec.protocol.key_epochs import RotationPolicy, issued_epochs
 from fedsec.runtime import admin
@@ -54,14 +55,12 @@ def _decode(secret: dict[str, Any], key: str) -> bytes:
 def ledger_spent(fc_body: dict[str, Any], *, excluding: str) -> float:
     """What other jobs spent (or, while they run, plan to spend) at this site, from its status:
     two jobs admitted at once must not both count on the same remaining budget."""
-    total = 0.0
-    for uid, row in ((fc_body.get("status") or {}).get("ledger") or {}).items():
-        if uid == excluding or not isinstance(row, dict):
-            continue
-        spent = float(row.get("epsilon", 0.0))
-        planned = float(row.get("planned", 0.0)) if row.get("active") else 0.0
-        total += max(spent, planned)
-    return total
+    rows = ((fc_body.get("status") or {}).get("ledger") or {}).items()
+    standing = budget.total(
+        budget.job_standing(float(row.get("epsilon", 0.0)), row.get("planned"), bool(row.get("active")))
+        for uid, row in rows if uid != excluding and isinstance(row, dict)
+    )
+    return standing.spent + standing.reserved  # the same rule as every charge at the site
 
 
 @dataclass
