@@ -54,6 +54,14 @@ class RotationPolicy:
         return self.every_rounds is not None
 
 
+def peer_epochs(aggregator_epoch: int) -> EpochWindow:
+    """Epochs a site's secure-aggregation advert may be signed in, for its peers and for the
+    aggregator alike: the aggregator's epoch and the one before, whatever the grace. A site signs
+    its advert when its round starts, possibly just before it learns of a rotation, and the advert
+    travels inside the round's messages for the rest of the round."""
+    return EpochWindow(max(0, aggregator_epoch - 1), aggregator_epoch)
+
+
 @dataclass(frozen=True)
 class EpochState:
     """The aggregator's key epoch and the training rounds committed in it."""
@@ -101,7 +109,7 @@ class SiteEpochs:
 
     def peers(self) -> EpochWindow:
         """Epochs another site's secure-aggregation signature may be made in."""
-        return EpochWindow(max(0, self.aggregator - 1), self.aggregator)
+        return peer_epochs(self.aggregator)
 
     def saw(self, epoch: int) -> None:
         self.aggregator = max(self.aggregator, epoch)

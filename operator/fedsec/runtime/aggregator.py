@@ -33,7 +33,7 @@ from fedsec.crypto.keyring import KeyRing
 from fedsec.crypto.pki import AGGREGATOR
 from fedsec.crypto.signing import IdentityError, Verifier
 from fedsec.protocol import engine as eng
-from fedsec.protocol.key_epochs import EpochState, RotationPolicy
+from fedsec.protocol.key_epochs import EpochState, RotationPolicy, peer_epochs
 from fedsec.protocol.rejections import REASONS, Rejected
 from fedsec.protocol.replay import ReplayGuard
 from fedsec.runtime import admin, exitcodes, limits
@@ -217,7 +217,7 @@ class Aggregator:
             ident = self.verifier.verify(cert_der, data, signature)
         except IdentityError:
             return False
-        return ident.name == site and ident.epoch in self.epochs.accepted(self.rotation)
+        return ident.name == site and ident.epoch in peer_epochs(self.epochs.epoch)
 
     # -- key rotation ------------------------------------------------------------------------------
 
