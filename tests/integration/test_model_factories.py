@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from fedsec.api.admitted import spec_digest
+from fedsec.api.job import FederatedJob
 from fedsec.runtime import exitcodes, local
 from fedsec_runs import RUN_TIMEOUT_SECONDS, committed_rounds, fedsec, summary_of, write_job_dir
 
@@ -72,8 +74,20 @@ def test_a_client_config_tampered_after_planning_is_refused_by_the_client_itself
     cfg["give_up_seconds"] = 5.0
     config_path.write_text(json.dumps(cfg))
 
-    proc = subprocess.run([sys.executable, "-m", "fedsec", "client", "--config", str(config_path)],
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS)
+    def start() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fedsec", "client", "--config", str(config_path)],
+                              capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS)
+
+    # First line of defence: the job no longer matches the spec digest the site admitted.
+    proc = start()
+    assert proc.returncode == exitcodes.CONFIG_ERROR, proc.stderr[-3000:]
+    assert "not the job this site admitted" in proc.stderr and "spec digest" in proc.stderr, proc.stderr[-3000:]
+    assert not marker.exists(), "the tampered config made the client run os:system"
+    # Whoever can edit the config can fix the digest too: the site's own factory list still refuses.
+    tampered = FederatedJob.model_validate(cfg["job"])
+    cfg["plan"]["spec_digest"] = spec_digest(tampered)
+    config_path.write_text(json.dumps(cfg))
+    proc = start()
     assert proc.returncode == exitcodes.CONFIG_ERROR, proc.stderr[-3000:]
     assert "site site-0 cannot start" in proc.stderr, proc.stderr[-3000:]
     assert f"factory 'os:system' is not in this site's {FIELD}" in proc.stderr, proc.stderr[-3000:]
