@@ -363,23 +363,10 @@ class SecAggServer(ServerProtocol):
                     f"only {len(self._u3)} masked inputs arrived, fewer than the {self._required} "
                     "required; nothing was unmasked"
                 )
-            self._uc = set(self._u3)  # at most these confirm: abort now if even they are not enough
-            short = [o for o in self._owners_to_rebuild() if len(self._holders(o)) < self._params.local_threshold]
-            if short:
-                return self._abort(
-                    f"{len(short)} clients (first {self._ctx.participants[short[0]]!r}) have fewer than "
-                    f"{self._params.local_threshold} surviving share holders; nothing was unmasked"
-                )
-            return self._advance(ph.CONSISTENCY, self._u3)
+            # At most U3 will confirm: abort now if even that is not enough to rebuild every secret.
+            return self._unless_short(set(self._u3)) or self._advance(ph.CONSISTENCY, self._u3)
         if phase == ph.CONSISTENCY:
-            self._uc = set(answered)
-            short = [o for o in self._owners_to_rebuild() if len(self._holders(o)) < self._params.local_threshold]
-            if short:
-                return self._abort(
-                    f"{len(short)} clients (first {self._ctx.participants[short[0]]!r}) have fewer than "
-                    f"{self._params.local_threshold} share holders left; nothing was unmasked"
-                )
-            return self._advance(ph.UNMASK, self._uc)
+            return self._unless_short(set(answered)) or self._advance(ph.UNMASK, self._uc)
         try:
             return self._finish()
         except (ValueError, KeyError, ArithmeticError) as exc:
@@ -407,6 +394,17 @@ class SecAggServer(ServerProtocol):
             )
             return set()
         return alive
+
+    def _unless_short(self, unmaskers: set[int]) -> Aborted | None:
+        """Take ``unmaskers`` as the clients that will reveal shares; abort (before anything is
+        revealed) if some secret the sum needs would then have fewer than the local threshold."""
+        self._uc = unmaskers
+        t = self._params.local_threshold
+        short = [o for o in self._owners_to_rebuild() if len(self._holders(o)) < t]
+        if not short:
+            return None
+        return self._abort(f"{len(short)} clients (first {self._ctx.participants[short[0]]!r}) have fewer than "
+                           f"{t} share holders left; nothing was unmasked")
 
     def _owners_to_rebuild(self) -> list[int]:
         dropped = [v for v in sorted(self._gone) if self.neighbours(v) & self._u3]
