@@ -26,3 +26,8 @@ class ManifestError(ValueError):
         self.errors = errors
         lines = "\n".join(f"  - {e}" for e in errors)
         super().__init__(f"{len(errors)} problem(s) in the manifests:\n{lines}")
+
+
+class SitesRefused(ManifestError):
+    """The manifests are valid, but the selected sites' own terms (policy, privacy budget, ledger)
+    leave the job too few sites to run. Raised by ``plan_job``; the CLI exits ``REFUSED`` for it."""

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from fedsec.api.client import FederatedClient
-from fedsec.api.errors import FieldError, ManifestError
+from fedsec.api.errors import FieldError, ManifestError, SitesRefused
 from fedsec.api.job import FederatedJob
 from fedsec.api.support import unsupported_in_job
 from fedsec.crypto.pki import AGGREGATOR, OPERATOR
@@ -53,6 +53,7 @@ def plan_job(
     from fedsec.privacy.admission import refusal
 
     errors: list[FieldError] = list(unsupported_in_job(job))
+    refusals: list[FieldError] = []  # what fails only because sites refused: valid manifests, a refused job
     errors.extend(_privacy_consistency(job))
     matched = select_clients(job, clients)
     refused: dict[str, str] = {}
@@ -66,7 +67,7 @@ def plan_job(
                 refused[c.metadata.name] = reason
     selected = [c for c in matched if c.metadata.name not in refused]
     if matched and not selected:
-        errors.append(
+        refusals.append(
             FieldError(
                 "spec.clients.selector",
                 "every selected site refused the job: "
@@ -100,7 +101,7 @@ def plan_job(
             f" ({len(refused)} refused: " + "; ".join(f"{n}: {r}" for n, r in sorted(refused.items())) + ")"
             if refused else ""
         )
-        errors.append(
+        (refusals if refused and job.spec.quorum.required(len(matched)) <= len(matched) else errors).append(
             FieldError(
                 "spec.quorum.minClients",
                 f"the quorum needs {quorum} clients but the selector admits only {len(selected)}{why}",
@@ -111,7 +112,9 @@ def plan_job(
     if selected and quorum <= len(selected):
         errors.extend(_secagg_consistency(job, quorum, len(selected)))
     if errors:
-        raise ManifestError(errors)
+        raise ManifestError(errors + refusals)
+    if refusals:
+        raise SitesRefused(refusals)
     return JobPlan(job=job, admitted=tuple(selected), refused=refused, quorum=quorum, aggregator_image=aggregator_image)
 
 
