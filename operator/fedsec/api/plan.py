@@ -109,6 +109,7 @@ def plan_job(
             )
         )
     errors.extend(_holdout_overlap(job, selected))
+    errors.extend(_shard_overlap(selected))
     if selected and quorum <= len(selected):
         errors.extend(_secagg_consistency(job, quorum, len(selected)))
     if errors:
@@ -153,14 +154,21 @@ def _privacy_consistency(job: FederatedJob) -> list[FieldError]:
 
 
 def _holdout_overlap(job: FederatedJob, sites: Sequence[FederatedClient]) -> list[FieldError]:
-    """A builtin holdout must not share rows with the sites' partitions of the same dataset."""
+    """A builtin holdout must not share rows with the sites' partitions of the same dataset, and
+    must be the dataset the sites train on: a model scored on other data says nothing."""
     holdout = job.spec.evaluation.holdout
     if holdout is None or holdout.builtin is None:
         return []
     errors = []
     for c in sites:
         b = c.spec.data.builtin
-        if b is None or b.name != holdout.builtin.name:
+        if b is not None and b.name != holdout.builtin.name:
+            errors.append(FieldError(
+                "spec.data.builtin.name",
+                f"the site holds {b.name!r} but the job's holdout (spec.evaluation.holdout) is {holdout.builtin.name!r}; "
+                "a job's sites and its holdout must be the same dataset", obj=c.ref))
+            continue
+        if b is None:
             continue
         if (b.holdout_fraction, b.seed) != (holdout.builtin.holdout_fraction, holdout.builtin.seed):
             errors.append(
@@ -173,6 +181,68 @@ def _holdout_overlap(job: FederatedJob, sites: Sequence[FederatedClient]) -> lis
                 )
             )
     return errors
+
+
+def _shard_overlap(sites: Sequence[FederatedClient]) -> list[FieldError]:
+    """Demo sites of one builtin dataset split it one way, each taking its own shard.
+
+    Shards of different splits (another seed, scheme, alpha or shard count), or a site holding the
+    whole dataset beside others, share rows: the same patient would be counted at two sites.
+    """
+    errors: list[FieldError] = []
+    by_dataset: dict[str, list[FederatedClient]] = {}
+    for c in sites:
+        if c.spec.data.builtin is not None:
+            by_dataset.setdefault(c.spec.data.builtin.name, []).append(c)
+    for name, group in sorted(by_dataset.items()):
+        if len(group) < 2:
+            continue
+        first = group[0]
+        split = _split_of(first)
+        shards: dict[int, str] = {}
+        for c in group:
+            b = c.spec.data.builtin
+            assert b is not None
+            if b.partition is None:
+                errors.append(FieldError(
+                    "spec.data.builtin.partition",
+                    f"holds all of {name!r} while {len(group) - 1} other selected site(s) hold parts of it: their rows "
+                    "overlap; give every site a partition (the same scheme, shards and seed, its own shard)", obj=c.ref))
+                continue
+            if _split_of(c) != split:
+                errors.append(FieldError(
+                    "spec.data.builtin",
+                    f"splits {name!r} as {_describe(c)} but {first.ref} splits it as {_describe(first)}: shards of "
+                    "different splits overlap; use one split (scheme, alpha, shards, seed, holdoutFraction) for every site",
+                    obj=c.ref))
+                continue
+            shard = b.partition.shard
+            if shard in shards:
+                errors.append(FieldError(
+                    "spec.data.builtin.partition.shard",
+                    f"shard {shard} of {name!r} is also held by {shards[shard]}: two sites would train on the same rows; "
+                    f"give each site its own shard (0..{b.partition.shards - 1})", obj=c.ref))
+            else:
+                shards[shard] = c.ref
+    return errors
+
+
+def _split_of(c: FederatedClient) -> tuple[object, ...]:
+    b = c.spec.data.builtin
+    assert b is not None
+    p = b.partition
+    if p is None:
+        return (b.holdout_fraction, b.seed)
+    # alpha shapes only a Dirichlet split
+    return (b.holdout_fraction, b.seed, p.scheme, p.shards, p.seed, p.alpha if p.scheme == "dirichlet" else None)
+
+
+def _describe(c: FederatedClient) -> str:
+    b = c.spec.data.builtin
+    assert b is not None and b.partition is not None
+    p = b.partition
+    alpha = f", alpha {p.alpha}" if p.scheme == "dirichlet" else ""
+    return f"{p.scheme}{alpha}, {p.shards} shards, seed {p.seed}, holdoutFraction {b.holdout_fraction}, holdout seed {b.seed}"
 
 
 def _secagg_consistency(job: FederatedJob, quorum: int, sites: int) -> list[FieldError]:

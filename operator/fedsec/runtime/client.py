@@ -43,7 +43,7 @@ from fedsec.protocol.terms import TaskRefused, check_task, required_survivors, r
 from fedsec.runtime import exitcodes
 from fedsec.runtime.aggregator import METHOD, stats_specs
 from fedsec.runtime.config import ClientConfig
-from fedsec.runtime.datasets import load_site_data
+from fedsec.runtime.datasets import site_split
 from fedsec.runtime.site_record import SiteRecord
 from fedsec.training import data as tdata
 from fedsec.training import models as tmodels
@@ -91,8 +91,7 @@ class SiteClient:
         self.verifier = Verifier(cfg.pki.ca_cert.read_bytes())
         self.mode = mode_for(spec.secure_aggregation)
         self.stats_mode = mode_for(spec.secure_aggregation, for_stats=True)
-        table = load_site_data(cfg.job, cfg.site)
-        self.train, self.val = tdata.train_validation_split(table, spec.task.validation_fraction, seed=spec.model.seed)
+        self.train, self.val = site_split(cfg.job, cfg.site)
         m = spec.model
         self.model = tmodels.build_model(
             m.kind, input_dim=m.input_dim, num_classes=m.num_classes, hidden=m.hidden,

@@ -62,6 +62,12 @@ def load_site_data(job: FederatedJob, site: FederatedClient) -> tdata.Table:
     return scale_to_ranges(table, job)
 
 
+def site_split(job: FederatedJob, site: FederatedClient) -> tuple[tdata.Table, tdata.Table]:
+    """A site's (training, validation) rows: what its client trains on and what DP-SGD samples from."""
+    table = load_site_data(job, site)
+    return tdata.train_validation_split(table, job.spec.task.validation_fraction, seed=job.spec.model.seed)
+
+
 def load_holdout(job: FederatedJob) -> tdata.Table | None:
     h = job.spec.evaluation.holdout
     if h is None:
