@@ -15,8 +15,10 @@ class FieldError:
     obj: str = ""  # "FederatedJob/breast-cancer"
 
     def __str__(self) -> str:
-        where = ": ".join(p for p in (self.source, self.obj) if p)
-        return f"{where}: {self.path}: {self.message}" if where else f"{self.path}: {self.message}"
+        # An error about a whole file (it is not YAML, it is too large) has no object or field: its
+        # line is "file: message", with no empty parts between colons.
+        where = ": ".join(p for p in (self.source, self.obj, self.path) if p)
+        return f"{where}: {self.message}" if where else self.message
 
 
 class ManifestError(ValueError):
