@@ -197,7 +197,8 @@ def _shard_overlap(sites: Sequence[FederatedClient]) -> list[FieldError]:
     for name, group in sorted(by_dataset.items()):
         if len(group) < 2:
             continue
-        first = group[0]
+        parted = [c for c in group if c.spec.data.builtin is not None and c.spec.data.builtin.partition is not None]
+        first = parted[0] if parted else group[0]
         split = _split_of(first)
         shards: dict[int, str] = {}
         for c in group:
