@@ -33,3 +33,11 @@ class ManifestError(ValueError):
 class SitesRefused(ManifestError):
     """The manifests are valid, but the selected sites' own terms (policy, privacy budget, ledger)
     leave the job too few sites to run. Raised by ``plan_job``; the CLI exits ``REFUSED`` for it."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(errors)
+        lines = "\n".join(f"  - {e}" for e in errors)
+        self.args = (f"the sites refused the job (the manifests are valid):\n{lines}",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
