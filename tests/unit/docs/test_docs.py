@@ -13,7 +13,9 @@ catches the defect it is for (a checker that passes everything would prove nothi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
+import io
 import os
 import re
 import shlex
@@ -24,6 +26,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
+import yaml
 
 from fedsec.cli.main import build_parser, main
 
@@ -621,15 +624,12 @@ def replay(doc: Doc, block_line: int, tmp: Path) -> list[str]:
 
 
 def _shown_in(shown: str, printed: str) -> bool:
-    """A line the doc shows is printed: its text, with '…' standing for the rest it cut."""
-    pattern = r"\s*".join(re.escape(part.strip()) for part in shown.split("…"))
-    return any(re.match(pattern, line.strip()) for line in printed.split("\n"))
+    """A line the doc shows is a line printed: the same text, where '…' stands for what the doc cut."""
+    pattern = ".*".join(re.escape(part) for part in shown.split("…"))
+    return any(re.fullmatch(pattern, line.strip()) for line in printed.split("\n"))
 
 
 def _capture_validate(paths: list[str]) -> tuple[int, str]:
-    import contextlib
-    import io
-
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
         code = run_validate(paths)
@@ -682,8 +682,6 @@ def test_documented_manifests_validate(inp: Input, monkeypatch: pytest.MonkeyPat
     assert code == inp.expected, (f"{inp.doc}:{inp.line}: `{inp.command}`: fedsec validate {inp.path} exits {code}, "
                                   f"the doc expects {inp.expected}:\n{out.out}{out.err}")
     if inp.command.split()[1] == "simulate":  # the scenario's job and sites are what the run reads
-        import yaml
-
         spec = yaml.safe_load((ROOT / inp.path).read_text(encoding="utf-8"))["spec"]
         target = os.path.normpath(Path(inp.path).parent / spec["manifests"])
         code = run_validate([target])
@@ -814,3 +812,10 @@ def test_a_missing_repository_file_is_caught(tmp_path: Path) -> None:
         "docs/x.md:1: names tests/unit/test_b.py, but tests/unit/test_b.py does not exist",
         "docs/x.md:4: names benchmarks/gone.py, but benchmarks/gone.py does not exist",
     ]
+
+
+def test_a_shown_line_matches_only_with_its_elision() -> None:
+    printed = "1 problem(s) in the manifests:\n  - a.yaml: spec.x: unknown field 'x'; allowed here: y, z\n"
+    assert _shown_in("- a.yaml: spec.x: unknown field 'x'; allowed here: y, …", printed)
+    assert not _shown_in("1 problem(s)", printed)  # a prefix is not the line
+    assert not _shown_in("- a.yaml: spec.x: unknown field 'w'; …", printed)
