@@ -110,6 +110,7 @@ def plan_job(
         )
     errors.extend(_holdout_overlap(job, selected))
     errors.extend(_shard_overlap(selected))
+    errors.extend(_columns_of_builtin_data(job, selected))
     if selected and quorum <= len(selected):
         errors.extend(_secagg_consistency(job, quorum, len(selected)))
     if errors:
@@ -181,6 +182,19 @@ def _holdout_overlap(job: FederatedJob, sites: Sequence[FederatedClient]) -> lis
                 )
             )
     return errors
+
+
+def _columns_of_builtin_data(job: FederatedJob, sites: Sequence[FederatedClient]) -> list[FieldError]:
+    """``task.features`` and ``task.target`` name columns of file data; a builtin dataset has its own
+    label and uses all its features, so a job that sets them for builtin sites would have them ignored."""
+    given = job.spec.task.model_fields_set & {"features", "target"}
+    builtin = [c.metadata.name for c in sites if c.spec.data.builtin is not None]
+    if not given or not builtin:
+        return []
+    return [FieldError(
+        f"spec.task.{name}", f"names columns of file data, but {', '.join(builtin)} hold builtin datasets, which have "
+        "their own label and use all their features; remove the field (or give those sites file data)", obj=job.ref)
+        for name in sorted(given)]
 
 
 def _shard_overlap(sites: Sequence[FederatedClient]) -> list[FieldError]:

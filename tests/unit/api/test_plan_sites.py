@@ -83,6 +83,14 @@ def test_a_site_of_another_dataset_than_the_holdout_is_refused() -> None:
                and "holdout" in e for e in found), found
 
 
+@pytest.mark.parametrize(("field", "value"), [("features", ["mean radius"]), ("target", "diagnosis")])
+def test_file_columns_named_for_builtin_sites_are_refused_not_ignored(field: str, value: Any) -> None:
+    job, sites = example()
+    job["spec"]["task"][field] = value
+    found = problems(job, sites)
+    assert any(f"spec.task.{field}" in e and "builtin datasets" in e for e in found), found
+
+
 def test_refusals_alone_raise_sites_refused_and_invalid_manifests_do_not() -> None:
     job, sites = example()
     job["spec"]["quorum"] = {"minClients": 10}
