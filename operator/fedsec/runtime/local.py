@@ -28,7 +28,8 @@ from fedsec.api.client import FederatedClient
 from fedsec.api.errors import FieldError, ManifestError
 from fedsec.api.job import FederatedJob
 from fedsec.api.plan import JobPlan, plan_job
-from fedsec.api.scenario import Fault, Scenario
+from fedsec.api.scenario import Fault, Scenario, check_faults, check_scenario
+from fedsec.api.scenario import manifests_dir as scenario_manifests_dir
 from fedsec.crypto import keyring, pki
 from fedsec.runtime import exitcodes, runlock
 from fedsec.runtime.config import AggregatorConfig, ClientConfig, PkiPaths
@@ -168,11 +169,8 @@ def privacy_snapshot(layout: RunLayout) -> dict[str, Any]:
 
 
 def _check_faults(faults: list[Fault], plan: JobPlan) -> None:
-    errors = [
-        FieldError(f"spec.faults[{i}].client", f"{f.client!r} is not an admitted site ({', '.join(plan.site_names)})")
-        for i, f in enumerate(faults)
-        if f.client is not None and f.client not in plan.site_names
-    ]
+    # Again with the plan the sites' ledgers allow: fewer admitted sites can strand a fault.
+    errors = check_faults(faults, plan)
     if errors:
         raise ManifestError(errors)
 
@@ -435,11 +433,15 @@ def run(manifests_dir: Path, *, run_dir: Path | None = None, job_name: str | Non
 
 
 def simulate(scenario_path: Path, *, run_dir: Path | None = None, display: Display, ledger_dir: Path | None = None) -> int:
+    if scenario_path.is_dir():  # its manifests directory is relative to the file: a directory has none
+        raise ManifestError([FieldError("", "is a directory; give a Scenario YAML file", source=str(scenario_path))])
     manifests = loader.load([scenario_path])
     if len(manifests.scenarios) != 1 or manifests.jobs or manifests.clients:
         raise ManifestError([FieldError("kind", "a scenario file must hold exactly one Scenario and nothing else", source=str(scenario_path))])
     scenario: Scenario = manifests.scenarios[0]
-    target = (scenario_path.parent / scenario.spec.manifests).resolve()
-    if not target.is_dir():
-        raise ManifestError([FieldError("spec.manifests", f"{target} is not a directory", source=str(scenario_path), obj=scenario.ref)])
-    return run(target, run_dir=run_dir, faults=list(scenario.spec.faults), display=display, ledger_dir=ledger_dir)
+    # Every fault checked against the job before anything starts: one that can never fire is an error.
+    errors = check_scenario(scenario, scenario_path, source=manifests.sources.get(scenario.ref))
+    if errors:
+        raise ManifestError(errors)
+    return run(scenario_manifests_dir(scenario, scenario_path), run_dir=run_dir, faults=list(scenario.spec.faults),
+               display=display, ledger_dir=ledger_dir)
