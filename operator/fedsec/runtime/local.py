@@ -20,20 +20,22 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import IO, Any
 
 from fedsec.api import loader
 from fedsec.api.admitted import AdmittedPlan
 from fedsec.api.client import FederatedClient
-from fedsec.api.errors import FieldError, ManifestError
+from fedsec.api.errors import FieldError, ManifestError, SitesRefused
 from fedsec.api.job import FederatedJob
 from fedsec.api.plan import JobPlan, plan_job
 from fedsec.api.scenario import Fault, Scenario, check_faults, check_scenario
 from fedsec.api.scenario import manifests_dir as scenario_manifests_dir
 from fedsec.crypto import keyring, pki
-from fedsec.runtime import exitcodes, runlock
+from fedsec.runtime import exitcodes, preflight, runlock
 from fedsec.runtime.config import AggregatorConfig, ClientConfig, PkiPaths
 from fedsec.runtime.progress import Display
+from fedsec.privacy.budget import Standing
 from fedsec.privacy.ledger import REFUSED, JobRef, SiteLedger, ledger_path
 from fedsec.storage.atomic import write_json_atomic
 from fedsec.privacy.report import privacy_section
@@ -127,8 +129,14 @@ def prepare(manifests_dir: Path, run_dir: Path | None, job_name: str | None, fau
     # planned spend already, and its site's ledger bounds it by what was admitted.
     standing = {c.metadata.name: SiteLedger(ledger_path(ledger_dir, c.metadata.name), c.metadata.name).standing(excluding=job_uid)
                 for c in manifests.clients}
-    plan = plan_job(job, manifests.clients, {n: s.spent for n, s in standing.items()},
-                    reserved={n: s.reserved for n, s in standing.items()})
+    try:
+        plan = plan_job(job, manifests.clients, {n: s.spent for n, s in standing.items()},
+                        reserved={n: s.reserved for n, s in standing.items()})
+    except SitesRefused as exc:
+        raise _with_ledger_hint(exc, standing, ledger_dir) from None
+    found = preflight.check(plan, manifests.sources)
+    if found.errors or found.warnings:  # what a client would refuse minutes from now; here a missing file is fatal
+        raise ManifestError(found.errors + found.warnings)
     _check_faults(faults, plan)
     matched = tuple(c for c in manifests.clients if c.metadata.name in set(plan.site_names) | set(plan.refused))
     layout = RunLayout(run_dir, job, plan, job_uid, faults, ledger_dir, matched)
@@ -141,6 +149,19 @@ def prepare(manifests_dir: Path, run_dir: Path | None, job_name: str | None, fau
                                    "ledger_dir": str(ledger_dir)})
     _record_refusals(layout)
     return layout
+
+
+def _with_ledger_hint(exc: SitesRefused, standing: Mapping[str, Standing], ledger_dir: Path) -> SitesRefused:
+    """A refusal because of spend already in the sites' ledgers says where that spend is kept."""
+    spent = {n: s for n, s in sorted(standing.items()) if s.spent > 0 or s.reserved > 0}
+    if not spent:
+        return exc
+    shown = ", ".join(f"{n} {s.spent:.3g}" + (f" (+{s.reserved:.3g} reserved)" if s.reserved else "") for n, s in spent.items())
+    hint = FieldError(
+        "", f"the sites' privacy ledgers in {ledger_dir} already hold epsilon spent by earlier jobs ({shown}); ledgers "
+        "persist across runs on purpose, as a site's would. To run from fresh budgets, pass --ledger-dir NEW_DIR "
+        f"(or delete {ledger_dir})", source=str(ledger_dir))
+    return SitesRefused([*exc.errors, hint])
 
 
 def _record_refusals(layout: RunLayout) -> None:
