@@ -7,20 +7,13 @@ from typing import Annotated, Literal
 from pydantic import Field, StringConstraints
 
 from fedsec.api.data import DataSource
-from fedsec.api.meta import API_VERSION, LabelSelector, ObjectMeta, Spec
+from fedsec.api.meta import API_VERSION, FactoryRef, LabelSelector, ObjectMeta, Spec
 
 # An image reference as a pod spec names it (registry/repository:tag or @sha256:digest), where `*`
 # stands for any run of characters. No whitespace, no other glob characters: what a site writes
 # is what is compared.
 ImagePattern = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=r"^[A-Za-z0-9*][A-Za-z0-9._/:@*+-]*$")]
 
-# A model factory exactly as a job names it in spec.model.factory: a dotted module path, a colon, a
-# function name. No globs: a site lists code it has reviewed, one function at a time. ASCII
-# identifiers only, so that the API server (ECMA regex) and pydantic refuse the same strings.
-FactoryRef = Annotated[str, StringConstraints(
-    min_length=3, max_length=512,
-    pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
-)]
 
 
 class SitePolicy(Spec):
@@ -46,7 +39,8 @@ class SitePolicy(Spec):
     )
     allowed_model_factories: list[FactoryRef] = Field(
         default_factory=list,
-        description="model factories ('package.module:function', exact) the site lets a job's spec.model.factory "
+        description="model factories ('package.module:function', exact: no globs, a site lists code it has "
+        "reviewed one function at a time) the site lets a job's spec.model.factory "
         "run with its data (empty: builtin models only; builtin models are always allowed)",
     )
 

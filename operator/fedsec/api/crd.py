@@ -6,8 +6,9 @@ when either copy drifts from the models. The conversion turns pydantic's JSON Sc
 OpenAPI v3 schema: references inlined, ``anyOf [X, null]`` as ``nullable``, OpenAPI 3.0's boolean
 ``exclusiveMinimum``, no ``additionalProperties: false`` beside ``properties`` (Kubernetes forbids
 it; unknown fields are pruned, and refused by kubectl's strict field validation). Cross-field
-rules that pydantic checks in Python are declared for the API server as CEL in ``CEL_RULES`` below,
-next to the model they belong to, so both sides refuse the same manifests.
+rules that pydantic checks in Python are declared for the API server as CEL in the models themselves
+(``json_schema_extra=kubernetes(cel(...))`` beside the validator, see ``fedsec.api.meta``), and copied
+here; ``tests/manifest_cases.py`` runs one table of manifests through both and expects one verdict.
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ import yaml
 from pydantic import BaseModel
 
 from fedsec.api.client import FederatedClientSpec
-from fedsec.api.data import DataSource, Partition
-from fedsec.api.job import FederatedJobSpec, ModelSpec, PrivacySpec, QuorumSpec
-from fedsec.api.meta import GROUP, VERSION
+from fedsec.api.job import FederatedJobSpec
+from fedsec.api.meta import DNS_LABEL_PATTERN, GROUP, VERSION
 
 ROOT = Path(__file__).resolve().parents[3]
 CRD_DIR = ROOT / "crds"
@@ -31,34 +31,16 @@ CRD_DIR = ROOT / "crds"
 CHART_CRD_DIR = ROOT / "charts" / "fedsec-operator" / "crds"
 CRD_DIRS = (CRD_DIR, CHART_CRD_DIR)
 
-# The model validators of the spec, for the API server. Keys are the models' titles.
-CEL_RULES: dict[str, list[dict[str, str]]] = {
-    ModelSpec.__name__: [
-        {"rule": "has(self.builtin) != has(self.factory)",
-         "message": "give exactly one of 'builtin' (logistic-regression, mlp) or 'factory'"},
-    ],
-    QuorumSpec.__name__: [
-        {"rule": "has(self.minClients) || has(self.minFraction)", "message": "give minClients, minFraction or both"},
-    ],
-    PrivacySpec.__name__: [
-        {"rule": "!has(self.mechanism) || self.mechanism == 'none' || has(self.targetEpsilon)",
-         "message": "a privacy mechanism needs targetEpsilon"},
-    ],
-    DataSource.__name__: [
-        {"rule": "has(self.builtin) != has(self.file)", "message": "give exactly one of 'builtin' or 'file'"},
-    ],
-    "Holdout": [
-        {"rule": "has(self.builtin) != has(self.file)", "message": "give exactly one of 'builtin' or 'file'"},
-    ],
-    Partition.__name__: [
-        {"rule": "self.shard < self.shards", "message": "shard must be less than shards (shards are numbered from 0)"},
-    ],
-    FederatedJobSpec.__name__: [
-        {"rule": "!has(self.quorum.minClients) || !has(self.secureAggregation) || !has(self.secureAggregation.threshold) "
-                 "|| self.secureAggregation.threshold <= 1.0 || self.secureAggregation.threshold <= double(self.quorum.minClients)",
-         "message": "secureAggregation.threshold as a count must not exceed quorum.minClients"},
-    ],
+# A map value that may be a string, a number or a boolean, never a list or a mapping (model params).
+# A structural schema has no union type and CEL cannot declare one, so the value is left untyped and
+# the two container types are made impossible: no object has at least 1 and at most 0 properties,
+# no list at least 1 and at most 0 items; these keywords do not apply to scalars.
+SCALAR_VALUE: dict[str, Any] = {
+    "x-kubernetes-preserve-unknown-fields": True,
+    "minProperties": 1, "maxProperties": 0, "minItems": 1, "maxItems": 0,
 }
+_SCALAR_TYPES = {"string", "integer", "number", "boolean"}
+_RULES = "x-kubernetes-validations"
 
 _DROP = {"title", "additionalProperties", "discriminator"}
 
@@ -74,9 +56,11 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         name = node["$ref"].rsplit("/", 1)[-1]
         target = copy.deepcopy(defs[name])
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        # The model's own rules and those of the field that holds it both apply.
+        if _RULES in target and _RULES in node:
+            merged[_RULES] = target[_RULES] + node[_RULES]
         return _convert(merged, defs)
     out: dict[str, Any] = {}
-    title = node.get("title")
     any_of = node.get("anyOf")
     if any_of is not None:
         variants = [v for v in any_of if v.get("type") != "null"]
@@ -86,6 +70,8 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out.update(_convert(variants[0], defs))
         elif types <= {"integer", "number"}:
             out.update({"type": "number"})  # a count or a fraction: the model says which
+        elif types <= _SCALAR_TYPES:
+            out.update(copy.deepcopy(SCALAR_VALUE))
         else:
             out.update({"x-kubernetes-preserve-unknown-fields": True})
         if nullable:
@@ -112,12 +98,10 @@ def _convert(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         extra = node.get("additionalProperties")
         if isinstance(extra, dict) and extra:
             value_schema = _convert(extra, defs)
-            if "type" in value_schema:
+            if "type" in value_schema or value_schema == SCALAR_VALUE:
                 out["additionalProperties"] = value_schema
             else:
                 out["x-kubernetes-preserve-unknown-fields"] = True
-    if title in CEL_RULES:
-        out["x-kubernetes-validations"] = CEL_RULES[title]
     return out
 
 
@@ -146,6 +130,12 @@ def _crd(kind: str, plural: str, short: str, spec_model: type[BaseModel], column
                     "description": (spec_model.__doc__ or kind).strip().splitlines()[0],
                     "required": ["spec"],
                     "properties": {
+                        # The one part of metadata a CRD may constrain: fedsec names files, pods and
+                        # Services after an object, so its name is a DNS label (meta.check_dns_label).
+                        "metadata": {"type": "object", "properties": {"name": {
+                            "type": "string", "maxLength": 63, "pattern": DNS_LABEL_PATTERN,
+                            "description": "a DNS label: fedsec names files, pods and Services after it",
+                        }}},
                         "spec": spec_schema,
                         # The status shape is the operator's to define (written by the controller only).
                         "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
-from fedsec.api.meta import PositiveInt, Spec
+from fedsec.api.meta import Int, PositiveInt, Seed, Spec, cel, kubernetes
 
 BUILTIN_DATASETS = ("breast-cancer", "iris", "wine", "digits")
 
@@ -14,11 +14,15 @@ BUILTIN_DATASETS = ("breast-cancer", "iris", "wine", "digits")
 class Partition(Spec):
     """Which shard of a builtin dataset a demo site holds (real sites hold their own files)."""
 
+    model_config = ConfigDict(json_schema_extra=kubernetes(
+        cel("self.shard < self.shards", "shard must be less than shards (shards are numbered from 0)"),
+    ))
+
     scheme: Literal["iid", "dirichlet"] = Field("iid", description="iid, or dirichlet (label skew)")
     alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration: small is more non-iid")
     shards: PositiveInt = Field(description="number of shards the rows are split into")
-    shard: int = Field(ge=0, description="this site's shard, numbered from 0")
-    seed: int = Field(0, description="seed of the split")
+    shard: Int = Field(ge=0, description="this site's shard, numbered from 0")
+    seed: Seed = Field(0, description="seed of the split, in [0, 2^32)")
 
     @model_validator(mode="after")
     def _shard_in_range(self) -> Partition:
@@ -35,14 +39,19 @@ class BuiltinData(Spec):
     holdout_fraction: float = Field(
         0.2, ge=0.0, lt=1.0, description="fraction of the rows held out for the aggregator's evaluation"
     )
-    seed: int = Field(0, description="seed of the holdout split")
+    seed: Seed = Field(0, description="seed of the holdout split, in [0, 2^32)")
     partition: Partition | None = None
 
 
 class FileData(Spec):
     """A CSV or Parquet file at the site; the job's ``task.target`` names the label column."""
 
-    path: str = Field(min_length=1, description="path of the file (relative to claimName's volume when that is given)")
+    model_config = ConfigDict(json_schema_extra=kubernetes(
+        cel("!has(self.claimName) || (!self.path.startsWith('/') && !self.path.split('/').exists(p, p == '..'))",
+            "path must be relative to the claim's volume, without '..'"),
+    ))
+
+    path: str = Field(min_length=1, max_length=4096, description="path of the file (relative to claimName's volume when that is given)")
     format: Literal["csv", "parquet"] | None = Field(None, description="default: from the file suffix")
     claim_name: str | None = Field(
         None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
@@ -62,6 +71,10 @@ class FileData(Spec):
 
 class DataSource(Spec):
     """Where the data come from: exactly one of builtin or file."""
+
+    model_config = ConfigDict(json_schema_extra=kubernetes(
+        cel("has(self.builtin) != has(self.file)", "give exactly one of 'builtin' or 'file'"),
+    ))
 
     builtin: BuiltinData | None = None
     file: FileData | None = None

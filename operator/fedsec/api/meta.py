@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Literal
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
 
 GROUP = "fedsec.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # A uid names files (the local launcher's run and ledger entries): the Kubernetes shape (a UUID), or
@@ -25,11 +28,48 @@ def _camel(name: str) -> str:
 
 
 class Spec(BaseModel):
-    """Base of every spec model: camelCase on the wire, unknown fields refused, values immutable."""
+    """Base of every spec model: camelCase on the wire, unknown fields refused, values immutable.
+
+    Types are strict because the API server's are: ``"20"`` is not an integer there and ``true`` is
+    not a number, so pydantic's coercions would make ``fedsec validate`` accept what ``kubectl``
+    refuses. NaN and infinities cannot be written in JSON at all (kubectl refuses them).
+    """
 
     model_config = ConfigDict(
-        alias_generator=_camel, populate_by_name=True, extra="forbid", frozen=True, str_strip_whitespace=False
+        alias_generator=_camel, populate_by_name=True, extra="forbid", frozen=True, str_strip_whitespace=False,
+        strict=True, allow_inf_nan=False,
     )
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One CEL rule for the API server (an ``x-kubernetes-validations`` entry). Declare it in the model,
+    beside the pydantic validator that enforces the same rule, with ``kubernetes(...)``;
+    ``field_path`` (".a.b", relative to the object) makes the server name the field pydantic names."""
+    out = {"rule": rule, "message": message}
+    if field_path is not None:
+        out["fieldPath"] = field_path
+    return out
+
+
+def kubernetes(*rules: dict[str, str], **schema: Any) -> dict[str, Any]:
+    """``json_schema_extra`` for a model or a field: its CEL rules, and any other schema keywords
+    (``not``) that only the API server reads. ``fedsec.api.crd`` copies them into the CRDs."""
+    out: dict[str, Any] = dict(schema)
+    if rules:
+        out["x-kubernetes-validations"] = list(rules)
+    return out
+
+
+def _whole_number(value: Any) -> Any:
+    # kubectl turns YAML into JSON through float64, so `rounds: 20.0` reaches the API server as 20 and
+    # is accepted there; 20.5 and "20" are not, and strict validation refuses them below.
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_whole_number)]
+"""An integer as Kubernetes reads one: a whole JSON number; never a string, a boolean or 1.5."""
 
 
 def check_dns_label(value: str, what: str = "name") -> str:
@@ -54,17 +94,39 @@ def check_label_value(value: str) -> str:
     return value
 
 
-class ObjectMeta(Spec):
-    """The part of Kubernetes object metadata fedsec reads; everything else is accepted and ignored."""
+class OwnerReference(Spec):
+    """An entry of metadata.ownerReferences, as Kubernetes defines it."""
 
-    model_config = ConfigDict(alias_generator=_camel, populate_by_name=True, extra="ignore", frozen=True)
+    api_version: str
+    kind: str
+    name: str
+    uid: str
+    controller: bool | None = None
+    block_owner_deletion: bool | None = None
+
+
+class ObjectMeta(Spec):
+    """Kubernetes object metadata: the real ObjectMeta fields and no others, so that a typo such as
+    ``lables`` is refused (as kubectl refuses it) instead of silently dropping the labels. fedsec reads
+    name, namespace, uid, generation, labels and annotations; the rest is accepted as Kubernetes writes
+    it (``kubectl get -o yaml`` output validates)."""
 
     name: str
     namespace: str = "default"
     uid: str | None = None
-    generation: int | None = None
+    generation: Int | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    resource_version: str | None = None
+    # YAML reads an unquoted timestamp as a datetime; kubectl sends it on as the same string.
+    creation_timestamp: str | datetime | None = Field(None, union_mode="left_to_right")
+    deletion_timestamp: str | datetime | None = Field(None, union_mode="left_to_right")
+    deletion_grace_period_seconds: Int | None = None
+    finalizers: list[str] = Field(default_factory=list)
+    generate_name: str | None = None
+    managed_fields: list[dict[str, Any]] = Field(default_factory=list)
+    owner_references: list[OwnerReference] = Field(default_factory=list)
+    self_link: str | None = None
 
     @field_validator("name", "namespace")
     @classmethod
@@ -87,6 +149,14 @@ class ObjectMeta(Spec):
         for k, val in v.items():
             check_label_key(k)
             check_label_value(val)
+        return v
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotation_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        # The API server checks annotation keys by the label-key rule (a qualified name); values are free.
+        for k in v:
+            check_label_key(k)
         return v
 
 
@@ -125,5 +195,37 @@ class LabelSelector(Spec):
         )
 
 
-PositiveInt = Annotated[int, Field(ge=1)]
+
+
+def bounded_int(*, ge: int | None = None, le: int | None = None) -> Any:
+    """``Int`` with bounds. The bounds go inside the whole-number coercion: outside it, pydantic
+    would still check them but write them into the JSON schema (hence the CRD) as unknown keywords."""
+    return Annotated[int, Field(ge=ge, le=le), BeforeValidator(_whole_number)]
+
+
+PositiveInt = bounded_int(ge=1)
 Fraction = Annotated[float, Field(gt=0.0, le=1.0)]
+MAX_SEED = 2**32 - 1
+# numpy's and torch's generators take seeds in [0, 2^32); a seed outside would fail at run time.
+Seed = bounded_int(ge=0, le=MAX_SEED)
+
+# A model factory as a job names it in spec.model.factory and a site lists it: a dotted module path,
+# a colon, a function name. ASCII identifiers only, so that the API server (ECMA regex) and pydantic
+# refuse the same strings.
+FACTORY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+_FACTORY = re.compile(FACTORY_PATTERN)
+
+
+def check_factory(value: str) -> str:
+    if len(value) > 512 or not _FACTORY.fullmatch(value):
+        raise ValueError(
+            f"factory {value[:80]!r} must look like 'package.module:function' (ASCII letters, digits and '_'; "
+            "at most 512 characters; no globs)"
+        )
+    return value
+
+
+# The schema is written out for the API server; pydantic checks the same with a message a user can read.
+FactoryRef = Annotated[str, AfterValidator(check_factory), WithJsonSchema(
+    {"type": "string", "minLength": 3, "maxLength": 512, "pattern": FACTORY_PATTERN}
+)]

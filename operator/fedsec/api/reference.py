@@ -57,6 +57,8 @@ def _is_object(node: dict[str, Any]) -> bool:
 
 
 def _type(node: dict[str, Any], kind: str, path: str) -> str:
+    if node == crd.SCALAR_VALUE:
+        return "string, number or boolean"
     if _is_object(node):
         return f"[object](#{_anchor(kind, path)})"
     if node.get("type") == "array" and "items" in node:
@@ -69,7 +71,9 @@ def _type(node: dict[str, Any], kind: str, path: str) -> str:
 
 
 def _bounds(node: dict[str, Any]) -> list[str]:
-    out = []
+    out: list[str] = []
+    if node == crd.SCALAR_VALUE:  # its keywords only spell "not a list or a mapping"; the type says it
+        return out
     if "minimum" in node:
         out.append(("> " if node.get("exclusiveMinimum") else "≥ ") + _num(node["minimum"]))
     if "maximum" in node:
@@ -130,10 +134,21 @@ def _object_section(kind: str, path: str, node: dict[str, Any]) -> list[str]:
             _cell(_constraints(child)),
             _cell(child.get("description", "")),
         ]) + " |")
-    rules = node.get("x-kubernetes-validations", [])
+    rules = [(r, "") for r in node.get("x-kubernetes-validations", [])]
+    # A scalar field's (or a list's items') rules are listed with its object's, naming the field.
+    for name, child in node["properties"].items():
+        full = f"{path}.{name}" if path else name
+        for sub, where in ((child, full), (child.get("items", {}), full + "[]")):
+            if not _is_object(sub):
+                rules += [(r, where) for r in sub.get("x-kubernetes-validations", [])]
     if rules:
         lines += ["", "Rules (CEL, checked by the API server on this object):", ""]
-        lines += [f"- `{r['rule']}` — {r.get('message', '')}" for r in rules]
+        lines += [f"- `{r['rule']}` — {r.get('message', '')}" + (f" (on `{where}`)" if where else "")
+                  for r, where in rules]
+    together = node.get("not", {}).get("required")
+    if together:
+        lines += ["", "Not together (checked by the API server on this object): "
+                  + ", ".join(f"`{f}`" for f in together)]
     return lines + [""]
 
 

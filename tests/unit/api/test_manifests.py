@@ -84,7 +84,7 @@ def test_the_example_is_valid() -> None:
         (with_(JOB, "spec.task", {"optimiser": "sgd"}), "spec.task.optimiser", "unknown field 'optimiser'; allowed here: target, features"),
         (with_(JOB, "spec.secureAggregation", {"mode": "magic"}), "spec.secureAggregation.mode", "'secagg', 'he-ckks' or 'none'"),
         (with_(JOB, "spec.secureAggregation", {"threshold": 0.4}), "spec.secureAggregation.threshold", "a fraction must be above 0.5"),
-        (with_(JOB, "spec.secureAggregation", {"threshold": 1}), "spec.secureAggregation.threshold", "for every participant write 1.0"),
+        (with_(JOB, "spec.secureAggregation", {"threshold": 1.5}), "spec.secureAggregation.threshold", "must be a whole number from 2"),
         (with_(JOB, "spec.secureAggregation", {"neighbours": 5}), "spec.secureAggregation.neighbours", "must be even"),
         (with_(JOB, "spec.privacy", {"mechanism": "dp-sgd"}), "spec.privacy", "needs targetEpsilon"),
         (with_(JOB, "spec.clients.selector.matchExpressions", [{"key": "a", "operator": "Near"}]), "spec.clients.selector.matchExpressions[0].operator", "'In', 'NotIn', 'Exists' or 'DoesNotExist'"),
@@ -116,10 +116,16 @@ def test_plan_refuses_what_cannot_run(tmp_path: Path, doc: dict[str, Any], field
 
 
 def test_secagg_threshold_and_quorum_are_checked_together(tmp_path: Path) -> None:
-    sites = [with_(CLIENT, "metadata.name", f"site-{i}") for i in range(5)]
+    sites = [with_(with_(CLIENT, "metadata.name", f"site-{i}"), "spec.data.builtin.partition", {"shards": 5, "shard": i})
+             for i in range(5)]
     job = with_(JOB, "spec.quorum", {"minClients": 3})
     above = with_(job, "spec.secureAggregation", {"threshold": 4})
     errs = errors_for(tmp_path, above, *sites)
+    # Refused by the job alone (the API server's rule too), before any site is looked at.
+    assert any("spec.secureAggregation: threshold 4 as a count must not exceed quorum.minClients (3)" in e
+               for e in errs), errs
+    by_fraction = with_(with_(JOB, "spec.quorum", {"minFraction": 0.6}), "spec.secureAggregation", {"threshold": 4})
+    errs = errors_for(tmp_path, by_fraction, *sites)
     assert any("spec.secureAggregation.threshold: 4 is above the quorum of 3" in e for e in errs), errs
     lonely = with_(JOB, "spec.quorum", {"minClients": 1})
     errs = errors_for(tmp_path, lonely, CLIENT)
