@@ -9,7 +9,7 @@ before any process starts. A fault that silently never fires would make a scenar
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -137,19 +137,14 @@ def check_scenario(scenario: Scenario, path: str | Path, *, source: str | None =
     try:
         plan = plan_job(job, m.clients)
     except SitesRefused as exc:
-        refusals = _with_sources(exc.errors, m.sources)
+        refusals = m.locate(exc.errors)
         errors = _job_fault_errors(scenario.spec.faults, job, src, ref)
         if errors:
             return errors + refusals
         raise SitesRefused(refusals) from None
     except ManifestError as exc:
-        return _with_sources(exc.errors, m.sources)
+        return m.locate(exc.errors)
     return check_faults(scenario.spec.faults, plan, source=src, obj=ref)
-
-
-def _with_sources(errors: Sequence[FieldError], sources: dict[str, str]) -> list[FieldError]:
-    """Planning errors name their object; add the file it came from."""
-    return [e if e.source or e.obj not in sources else replace(e, source=sources[e.obj]) for e in errors]
 
 
 # -- the faults against the plan -------------------------------------------------------------------
