@@ -689,6 +689,37 @@ def test_documented_manifests_validate(inp: Input, monkeypatch: pytest.MonkeyPat
         assert code == 0, f"{inp.doc}:{inp.line}: `{inp.command}` runs {target}, which does not validate:\n{out.err}"
 
 
+def manifest_blocks(doc: Doc) -> list[CodeBlock]:
+    """The YAML blocks that show whole fedsec manifests (apiVersion fedsec.io/…), not fragments."""
+    return [b for b in doc.blocks if b.info in ("yaml", "yml")
+            and any(re.match(r"^apiVersion:\s*fedsec\.io/", line) for line in b.lines)]
+
+
+MANIFEST_BLOCKS = [(p, b.line) for p in DOC_PATHS for b in manifest_blocks(load_doc(p))]
+
+
+@pytest.mark.parametrize(("path", "block"), MANIFEST_BLOCKS, ids=[f"{_rel(p)}:{b}" for p, b in MANIFEST_BLOCKS])
+def test_manifests_shown_in_the_docs_validate(path: Path, block: int, tmp_path: Path) -> None:
+    doc = load_doc(path)
+    body = next(b for b in doc.blocks if b.line == block)
+    manifest = tmp_path / "shown.yaml"
+    if any(re.match(r"^kind:\s*Scenario\b", line) for line in body.lines):
+        # A scenario names its job's directory relative to itself: shown as if it sat in
+        # examples/scenarios/, beside the example directories, as the examples' scenarios do.
+        for example in (ROOT / "examples").iterdir():
+            if example.is_dir() and example.name != "scenarios":
+                (tmp_path / example.name).symlink_to(example)
+        manifest = tmp_path / "scenarios" / "shown.yaml"
+        manifest.parent.mkdir()
+    manifest.write_text("\n".join(body.lines) + "\n", encoding="utf-8")
+    code, out = _capture_validate([str(manifest)])
+    assert code == 0, f"{doc.name}:{block}: the manifest shown there does not validate:\n{out}"
+
+
+def test_the_docs_show_manifests() -> None:
+    assert {_rel(p) for p, _ in MANIFEST_BLOCKS} >= {"docs/job-manifests.md", "docs/running-locally.md"}
+
+
 def test_the_docs_name_the_examples_they_are_about() -> None:
     # A parser that found no command would make the test above pass on nothing.
     named = {i.path.rstrip("/") for i in INPUTS}
