@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from fedsec.api.client import FederatedClient
 from fedsec.api.errors import FieldError
 from fedsec.api.plan import JobPlan
-from fedsec.privacy.calibration import CalibrationError, Schedule, distributed_schedule, dp_sgd_schedule
 from fedsec.runtime.datasets import load_holdout, site_split
 from fedsec.training.data import DataError
+
+if TYPE_CHECKING:
+    from fedsec.privacy.calibration import Schedule
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ def check(plan: JobPlan, sources: Mapping[str, str] | None = None) -> Preflight:
         schedule = None
         p, t = job.spec.privacy, job.spec.task
         if p.mechanism != "none" and p.target_epsilon is not None:
+            # Opacus (and torch with it) only for a private job: validating any other costs no torch import.
+            from fedsec.privacy.calibration import CalibrationError, distributed_schedule, dp_sgd_schedule
+
             try:
                 if p.mechanism == "dp-sgd":
                     schedule = dp_sgd_schedule(
