@@ -67,7 +67,10 @@ class RoundContext:
     aggregation threshold when that is higher); a protocol that cannot reach it aborts.
     ``seed`` is the round's public randomness (e.g. for the SecAgg+ neighbour graph): always
     :func:`fedsec.protocol.terms.round_seed` of (job uid, round id), which a client re-derives
-    instead of taking the server's word for it.
+    instead of taking the server's word for it. ``binding`` (may be empty) is a digest of public
+    inputs every participant must share for the round to mean anything (the feature-statistics
+    centre, :func:`fedsec.protocol.stats.centre_binding`): secure aggregation binds its keys and
+    signatures to it, so participants handed different inputs cannot complete the round together.
     """
 
     job_uid: str
@@ -76,6 +79,7 @@ class RoundContext:
     min_survivors: int
     tensor_specs: tuple[TensorSpec, ...]
     seed: bytes = b""
+    binding: bytes = b""
 
     def __post_init__(self) -> None:
         if list(self.participants) != sorted(set(self.participants)):

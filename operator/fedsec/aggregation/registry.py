@@ -1,10 +1,11 @@
 """The one place a job's ``secureAggregation`` spec becomes an aggregation protocol.
 
-Training rounds carry model deltas, small numbers clipped to ``clipRange``. The feature-statistics
-round (``task.standardize``) carries per-feature means and mean squares, which can be large
-(breast-cancer's ``area`` squared is ~10^6): under secure aggregation it runs in a 64-bit ring with a
-range of ±2^20 and 40 fractional bits, which keeps it exact to ~10^-6. Features whose squares exceed
-2^20 are clipped there; rescale such features (docs/secure-aggregation.md).
+Training rounds carry model deltas, small numbers clipped to ``clipRange``. The two steps of the
+feature-statistics round (``task.standardize``, :mod:`fedsec.protocol.stats`) carry quantities that
+are of order one by construction (bounded logs and ratios, then moments of features centred and
+scaled by public per-feature values): under secure aggregation they run in a 64-bit ring with the
+range ±``STATS_RANGE`` (2^10) and 40 fractional bits. A site whose statistic would exceed the range
+marks it, and the round fails naming the feature; nothing is clipped silently.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from fedsec.aggregation.secagg.config import DEFAULT_THRESHOLD, SecAggConfig
 from fedsec.aggregation.secagg.mode import SecAggMode
 from fedsec.aggregation.secagg.server import AdvertVerifier
 from fedsec.api.job import SecureAggregationSpec
+from fedsec.protocol.stats import STATS_RANGE
 
-STATS_CLIP_RANGE = float(2**20)
+STATS_CLIP_RANGE = STATS_RANGE
 STATS_RING_BITS = 64
 
 

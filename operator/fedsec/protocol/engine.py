@@ -8,7 +8,12 @@ drives phase by phase.
 
 Rules, each in one place here:
 - A *round* is a logical step of training (number 0 is the feature-statistics round when the job
-  standardises inputs, then 1..rounds). An *attempt* of a round has a fresh round id; ids only
+  standardises inputs, then 1..rounds). Round 0 has two steps (:mod:`fedsec.protocol.stats`):
+  ``stats-scale``, whose aggregate only yields the public centre and scale (kept in memory, never
+  committed: after a restart round 0 starts again from it), then ``stats``, bound to that centre
+  and scale, whose aggregate is committed as round 0 with the standardisation it gives. A ``stats``
+  aggregate in which some site clipped a feature fails the job, naming the feature: a retry would
+  clip the same data again. An *attempt* of a round has a fresh round id; ids only
   grow, also across restarts, so a message of an earlier attempt is always stale.
 - An attempt starts once the quorum of sites is live and either every site is live or the start
   grace (the round timeout) has passed since it could have started. At the grace's end it starts
@@ -45,8 +50,9 @@ from fedsec.aggregation.base import (
     ServerProtocol,
     TensorSpec,
 )
+from fedsec.protocol import stats as fstats
 from fedsec.protocol.rejections import Rejected
-from fedsec.protocol.terms import STATS, TRAIN, required_survivors, round_seed
+from fedsec.protocol.terms import SCALE, STATS, TRAIN, required_survivors, round_seed
 RUNNING, SUCCEEDED, FAILED = "Running", "Succeeded", "Failed"
 
 
@@ -61,7 +67,9 @@ class EngineConfig:
     join_timeout_s: float
     max_retries: int
     model_specs: tuple[TensorSpec, ...]
-    stats_specs: tuple[TensorSpec, ...]
+    stats_specs: tuple[TensorSpec, ...]  # the second statistics step (``stats``)
+    scale_specs: tuple[TensorSpec, ...] = ()  # the first (``stats-scale``)
+    feature_names: tuple[str, ...] = ()  # to name a clipped feature in the job's failure reason
 
 
 @dataclass
@@ -97,6 +105,20 @@ class RoundCommitted:
     participants: tuple[str, ...]
     site_metrics: dict[str, dict[str, float]]
     seconds: float
+    standardization: fstats.Standardization | None = None  # a ``stats`` round: what to set input_norm to
+
+
+@dataclass(frozen=True)
+class ScaleMeasured:
+    """Round 0's first step finished: the driver puts ``centre`` and ``scale`` in the model's
+    ``input_norm`` before the second step's first task leaves (it carries them to the sites)."""
+
+    round_id: int
+    round_number: int
+    centre: np.ndarray
+    scale: np.ndarray
+    contributors: tuple[str, ...]
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -122,7 +144,7 @@ class JobFinished:
     reason: str
 
 
-Effect = RoundStarted | RoundCommitted | RoundDiscarded | SitesBlamed | JobFinished
+Effect = RoundStarted | RoundCommitted | ScaleMeasured | RoundDiscarded | SitesBlamed | JobFinished
 
 
 # --- what a poll gets ---------------------------------------------------------------------------
@@ -234,6 +256,7 @@ class RoundEngine:
         self._attempt: _Attempt | None = None
         self._pending_effects: list[Effect] = []
         self._finished_effect_sent = state.status != RUNNING
+        self._scale: tuple[np.ndarray, np.ndarray] | None = None  # round 0's centre and scale, once measured
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -417,9 +440,12 @@ class RoundEngine:
 
     def _start(self, now: float, participants: tuple[str, ...]) -> list[Effect]:
         number = self.state.next_round
-        kind = STATS if (self.config.standardize and number == 0) else TRAIN
-        specs = self.config.stats_specs if kind == STATS else self.config.model_specs
-        mode = self.stats_mode if kind == STATS else self.mode
+        kind, specs, mode = TRAIN, self.config.model_specs, self.mode
+        if self.config.standardize and number == 0:
+            kind = SCALE if self._scale is None else STATS
+            specs = self.config.scale_specs if kind == SCALE else self.config.stats_specs
+            mode = self.stats_mode
+        binding = fstats.centre_binding(*self._scale) if kind == STATS and self._scale is not None else b""
         self.state.last_round_id += 1
         self.state.attempt += 1
         self.state.attempts_total += 1
@@ -435,6 +461,7 @@ class RoundEngine:
             min_survivors=min(required, len(participants)),
             tensor_specs=specs,
             seed=seed,
+            binding=binding,
         )
         try:
             server = mode.server(ctx)
@@ -499,6 +526,15 @@ class RoundEngine:
             unsound = _unsound(agg)
             if unsound:
                 return effects + self._discard(a, now, f"the aggregate is unusable ({unsound}); nothing was committed")
+            if a.kind == SCALE:
+                return effects + self._scale_measured(a, agg, now)
+            standardization = None
+            if a.kind == STATS:
+                assert self._scale is not None  # a stats step starts only once the scale is measured
+                standardization = fstats.pooled_moments(agg.mean_delta, agg.total_weight, *self._scale)
+                clipped = fstats.clipping_reason(standardization, self.config.feature_names)
+                if clipped:
+                    return effects + self.fail(f"round 0: {clipped}")
             self.state.next_round += 1
             self.state.attempt = 0
             self._excluded.clear()
@@ -511,6 +547,7 @@ class RoundEngine:
                     a.participants,
                     {k: v for k, v in a.metrics.items() if k in agg.contributors},
                     now - a.started_at,
+                    standardization,
                 )
             ]
             if self.state.next_round > self.config.rounds:
@@ -522,6 +559,15 @@ class RoundEngine:
             return effects
         assert isinstance(outcome, Aborted)
         return effects + self._discard(a, now, outcome.reason)
+
+    def _scale_measured(self, a: _Attempt, agg: Aggregate, now: float) -> list[Effect]:
+        """Round 0's first step is done: keep its centre and scale for the second, which starts now.
+        The round's retries start over (the first step succeeded); the round is not committed."""
+        self._scale = fstats.pooled_scale(agg.mean_delta)
+        self.state.attempt = 0
+        self._excluded.clear()
+        effect = ScaleMeasured(a.round_id, a.round_number, *self._scale, agg.contributors, now - a.started_at)
+        return [effect, *self._maybe_start(now)]
 
     def _blame(self, a: _Attempt) -> list[Effect]:
         try:

@@ -15,8 +15,11 @@ call; a Task that departs from any of them is refused at the site with one of
   noise a site adds is sized by it, so an aggregator that inflates it would weaken the noise.
 - **round seed**: :func:`round_seed` of (job uid, round id). It places every client on the SecAgg+
   graph; a seed the server picked could surround a victim with colluders.
-- **round number and kind**: the feature-statistics round only as round 0 of a job that
-  standardises; training rounds 1..rounds. A round beyond the plan is spend the site did not admit.
+- **round number and kind**: the two feature-statistics steps (``stats-scale``, then ``stats``;
+  :mod:`fedsec.protocol.stats`) only as round 0 of a job that standardises; training rounds
+  1..rounds. A round beyond the plan is spend the site did not admit. Either step may be asked
+  again (a retry, or in any order): what a site releases in both is a function of its per-feature
+  first two moments and row count, so a repeat releases nothing a pooled-moments round would not.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from collections.abc import Callable, Sequence
 from fedsec.aggregation.base import AggregationMode
 from fedsec.api.admitted import AdmittedPlan
 
-STATS = "stats"
+SCALE = "stats-scale"  # round 0, step 1: the public centre and scale of the features
+STATS = "stats"  # round 0, step 2: the moments around them, which standardise the inputs
 TRAIN = "train"
+STATS_KINDS = frozenset({SCALE, STATS})
 
 SITE_REFUSALS = (
     "not-in-roster",  # a participant the site did not admit, or the site itself is not named
@@ -105,10 +110,10 @@ def check_task(
         raise TaskRefused("bad-survivors", f"the task asks for {min_survivors} survivors; the plan gives {need} for {n} participants")
     if seed != round_seed(plan.job_uid, round_id):
         raise TaskRefused("bad-seed", f"round id {round_id}'s seed is not the one derived from the job uid and round id")
-    if kind == STATS:
+    if kind in STATS_KINDS:
         if not (standardize and round_number == 0):
-            raise TaskRefused("beyond-plan", f"a feature-statistics round numbered {round_number}; the plan has "
-                              + ("it as round 0 only" if standardize else "none"))
+            raise TaskRefused("beyond-plan", f"a feature-statistics round ({kind}) numbered {round_number}; the plan "
+                              "has " + ("them as round 0 only" if standardize else "none"))
     elif kind == TRAIN:
         if not 1 <= round_number <= rounds:
             raise TaskRefused("beyond-plan", f"training round {round_number}; the plan has rounds 1 to {rounds}")

@@ -33,6 +33,7 @@ from fedsec.crypto.keyring import KeyRing
 from fedsec.crypto.pki import AGGREGATOR
 from fedsec.crypto.signing import IdentityError, Verifier
 from fedsec.protocol import engine as eng
+from fedsec.protocol import stats as fstats
 from fedsec.protocol.key_epochs import EpochState, RotationPolicy, peer_epochs
 from fedsec.protocol.rejections import REASONS, Rejected
 from fedsec.protocol.replay import ReplayGuard
@@ -79,7 +80,8 @@ def _jsonable(o: Any) -> Any:
 
 
 def stats_specs(input_dim: int) -> tuple[TensorSpec, ...]:
-    return (TensorSpec("mean", (input_dim,)), TensorSpec("sqmean", (input_dim,)))
+    """The larger of round 0's two steps (:mod:`fedsec.protocol.stats`): what answers are sized for."""
+    return max(fstats.scale_specs(input_dim), fstats.moment_specs(input_dim), key=len)
 
 
 @dataclass
@@ -164,7 +166,9 @@ class Aggregator:
                 join_timeout_s=self.spec.quorum.join_timeout_seconds,
                 max_retries=self.spec.quorum.max_retries,
                 model_specs=wire_tensors.specs_of(self.state_tensors),
-                stats_specs=stats_specs(m.input_dim),
+                stats_specs=fstats.moment_specs(m.input_dim),
+                scale_specs=fstats.scale_specs(m.input_dim),
+                feature_names=self._feature_names(),
             ),
             self.mode,
             state,
@@ -188,6 +192,12 @@ class Aggregator:
                     f"round {state.next_round} was attempted {state.attempt} times without committing (maxRetries is "
                     f"{self.spec.quorum.max_retries}); the aggregator stopped during the last attempt. Its log says why."
                 ))
+
+    def _feature_names(self) -> tuple[str, ...]:
+        """Names for the features in messages: the job's list, else the holdout's columns."""
+        if self.spec.task.features:
+            return tuple(self.spec.task.features)
+        return tuple(self.holdout.feature_names) if self.holdout is not None else ()
 
     def _answer_caps(self, input_dim: int) -> dict[str, int]:
         """Bytes an answer may have in each phase (``""``: a phase the mode does not have)."""
@@ -432,6 +442,8 @@ class Aggregator:
                                   attempt=e.attempt, participants=list(e.participants))
                 self.events.emit("round_started", round=e.round_number, round_id=e.round_id, kind=e.kind,
                                  attempt=e.attempt, participants=list(e.participants), rounds=self.spec.rounds)
+            elif isinstance(e, eng.ScaleMeasured):
+                self._scale_measured(e)
             elif isinstance(e, eng.RoundCommitted):
                 self._commit(e)
             elif isinstance(e, eng.RoundDiscarded):
@@ -456,11 +468,27 @@ class Aggregator:
                 log.info("job %s: %s", e.status, e.reason)
             self.cond.notify_all()
 
+    def _scale_measured(self, e: eng.ScaleMeasured) -> None:
+        """Round 0's first step: the centre and scale go to the sites in the model's input_norm (its
+        second step's first task carries the model). Not a checkpoint: a restart measures again."""
+        tmodels.set_standardization(self.model, e.centre, e.scale)
+        self.state_tensors = tmodels.state_to_numpy(self.model)
+        self._model_bytes = wire_tensors.encode(self.state_tensors)
+        self.audit.append("stats-scaled", round=e.round_number, round_id=e.round_id,
+                          contributors=list(e.contributors))
+        self.events.emit("stats_scaled", round=e.round_number, round_id=e.round_id, contributors=len(e.contributors),
+                         seconds=e.seconds)
+
     def _commit(self, e: eng.RoundCommitted) -> None:
         agg = e.aggregate
+        standardization: dict[str, Any] = {}
         if e.kind == eng.STATS:
-            tmodels.set_standardization(self.model, agg.mean_delta["mean"], agg.mean_delta["sqmean"])
+            assert e.standardization is not None  # the engine computes it for every stats commit
+            tmodels.set_standardization(self.model, e.standardization.mean, e.standardization.std)
             self.state_tensors = tmodels.state_to_numpy(self.model)
+            # The round's own numbers (float64), before input_norm stores them as float32.
+            standardization = {"standardization": {"mean": e.standardization.mean.tolist(),
+                                                   "std": e.standardization.std.tolist()}}
         else:
             self.state_tensors = {k: v + agg.mean_delta[k] for k, v in self.state_tensors.items()}
             tmodels.load_numpy_state(self.model, self.state_tensors)
@@ -474,7 +502,7 @@ class Aggregator:
                 "participants": list(e.participants), "contributors": list(agg.contributors),
                 "total_weight": agg.total_weight, "metrics": holdout, "site_metrics": site_metrics,
                 "seconds": round(e.seconds, 3), "audit_head": self.audit.head, "committed_at": time.time(),
-                "key_epoch": self.epochs.epoch,
+                "key_epoch": self.epochs.epoch, **standardization,
             },
         )
         self.version = cp.version

@@ -34,20 +34,20 @@ from fedsec.aggregation.registry import mode_for
 from fedsec.crypto.keyring import KeyRing
 from fedsec.crypto.pki import AGGREGATOR
 from fedsec.crypto.signing import IdentityError, Signer, Verifier
-from fedsec.protocol.engine import STATS
 from fedsec.privacy.distributed import clip_and_noise
 from fedsec.privacy.site import BudgetExhausted, SitePrivacyGuard
 from fedsec.protocol.key_epochs import SiteEpochs
 from fedsec.protocol.rejections import Rejected
-from fedsec.protocol.terms import TaskRefused, check_task, required_survivors, round_seed
+from fedsec.protocol import stats as fstats
+from fedsec.protocol.terms import SCALE, STATS, STATS_KINDS, TaskRefused, check_task, required_survivors, round_seed
 from fedsec.runtime import exitcodes
-from fedsec.runtime.aggregator import METHOD, stats_specs
+from fedsec.runtime.aggregator import METHOD
 from fedsec.runtime.config import ClientConfig
 from fedsec.runtime.datasets import site_split
 from fedsec.runtime.site_record import SiteRecord
 from fedsec.training import data as tdata
 from fedsec.training import models as tmodels
-from fedsec.training.local import TrainConfig, TrainingError, evaluate, feature_stats, model_delta, train_local
+from fedsec.training.local import TrainConfig, TrainingError, evaluate, model_delta, train_local
 from fedsec.wire import tensors as wire_tensors
 from fedsec.wire.envelope import open_envelope, seal
 from fedsec.wire.proto import round_pb2 as pb
@@ -290,7 +290,7 @@ class SiteClient:
                 return
             try:
                 protocol = self._start_round(task) if task.model else None
-            except (TrainingError, ValueError) as exc:
+            except (TrainingError, tmodels.ModelError, ValueError) as exc:
                 # Training diverged or the protocol refused the update (NaN, wrong shape): this
                 # round goes on without us; the next one starts again from the global model.
                 log.error("round %d: cannot produce an update: %s; withdrawing", task.round_number, exc)
@@ -323,7 +323,7 @@ class SiteClient:
 
     def _required(self, kind: str, participants: int) -> int:
         """Least contributors of a round of ``participants``, by this site's own derivation."""
-        mode = self.stats_mode if kind == STATS else self.mode
+        mode = self.stats_mode if kind in STATS_KINDS else self.mode
         return required_survivors(mode, participants, self.cfg.plan.quorum)
 
     def _check_task(self, task: pb.Task) -> None:
@@ -350,11 +350,24 @@ class SiteClient:
         """Receive the global model, evaluate it, train (or measure features), and set up the protocol."""
         started = time.monotonic()
         specs = tuple(wire_tensors.specs_of(tmodels.state_to_numpy(self.model)))
-        if task.kind == STATS:
-            stats = feature_stats(self.train)
-            update = ClientUpdate({"mean": stats["mean"], "sqmean": stats["sqmean"]}, float(len(self.train)))
-            specs = stats_specs(self.cfg.job.spec.model.input_dim)
+        binding = b""
+        dim = self.cfg.job.spec.model.input_dim
+        if task.kind == SCALE:
+            update = ClientUpdate(fstats.site_scale(self.train.X), float(len(self.train)))
+            specs = fstats.scale_specs(dim)
             self._metrics: dict[str, float] = {}
+        elif task.kind == STATS:
+            # The centre and scale arrive in the model's input_norm; the round is bound to exactly
+            # them, so an aggregator cannot centre this site differently from the others.
+            tmodels.load_numpy_state(self.model, wire_tensors.decode(task.model, specs))
+            centre, scale = tmodels.standardization_of(self.model)
+            update = ClientUpdate(fstats.site_moments(self.train.X, centre, scale), float(len(self.train)))
+            clipped = int(np.count_nonzero(update.delta["clipped"]))
+            if clipped:
+                log.error("round 0: %d feature(s) of this site lie outside the statistics range; the job will "
+                          "fail naming them", clipped)
+            specs, binding = fstats.moment_specs(dim), fstats.centre_binding(centre, scale)
+            self._metrics = {}
         else:
             global_state = wire_tensors.decode(task.model, specs)
             tmodels.load_numpy_state(self.model, global_state)
@@ -371,10 +384,10 @@ class SiteClient:
         ctx = RoundContext(
             job_uid=self.cfg.job_uid, round_id=task.round_id, participants=tuple(task.participants),
             min_survivors=self._required(task.kind, len(task.participants)), tensor_specs=specs,
-            seed=round_seed(self.cfg.job_uid, task.round_id),
+            seed=round_seed(self.cfg.job_uid, task.round_id), binding=binding,
         )
         log.info("round %d (%s): prepared update in %.2fs", task.round_number, task.kind, time.monotonic() - started)
-        mode = self.stats_mode if task.kind == STATS else self.mode
+        mode = self.stats_mode if task.kind in STATS_KINDS else self.mode
         return mode.client(ctx, self._peer_identity(), update)
 
     def _private_update(self, task: pb.Task, global_state: dict[str, np.ndarray], specs: tuple) -> ClientUpdate | None:

@@ -81,7 +81,8 @@ class Display:
                 self.progress.remove_task(self._join_task)
                 self._join_task = None
             self._participants = len(ev["participants"])
-            label = "feature statistics" if ev["kind"] == "stats" else f"round {ev['round']}/{ev['rounds']}"
+            label = {"stats-scale": "feature scales", "stats": "feature statistics"}.get(
+                ev["kind"], f"round {ev['round']}/{ev['rounds']}")
             if ev.get("attempt", 1) > 1:
                 label += f" (attempt {ev['attempt']})"
             if self.progress is not None:

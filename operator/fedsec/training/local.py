@@ -298,18 +298,18 @@ def _auc(y: np.ndarray, scores: np.ndarray) -> float:
 
 
 def feature_stats(table: Table) -> dict[str, np.ndarray]:
-    """Per-feature first and second moments ``{"mean": E[x], "sqmean": E[x²]}`` (float32[d]).
+    """The exact per-feature mean and (population) standard deviation of ``table``, float64.
 
-    The aggregator averages them across sites weighted by row count and hands the result to
-    ``models.set_standardization``; accumulated in float64 so large feature values keep precision.
+    What the federated statistics of round 0 (:mod:`fedsec.protocol.stats`) reproduce for the
+    sites' pooled training rows without pooling them; ``models.set_standardization`` takes it as
+    is. A constant feature gets std 1, as there.
     """
     if len(table) == 0:
         raise DataError("cannot compute feature statistics of an empty table")
     X = table.X.astype(np.float64)
-    return {
-        "mean": X.mean(axis=0).astype(np.float32),
-        "sqmean": np.square(X).mean(axis=0).astype(np.float32),
-    }
+    mean = X.mean(axis=0)
+    std = np.sqrt(np.square(X - mean).mean(axis=0))  # centred first: E[x²] - E[x]² cancels
+    return {"mean": mean, "std": np.where(std > 0, std, 1.0)}
 
 
 def _same_layout(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], what: str) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "load_numpy_state",
     "output_dim",
     "set_standardization",
+    "standardization_of",
     "state_to_numpy",
 ]
 
@@ -206,23 +207,7 @@ def load_numpy_state(model: nn.Module, tensors: Mapping[str, np.ndarray]) -> Non
             current.copy_(torch.from_numpy(np.asarray(tensors[name], dtype=np.float32)))
 
 
-# float32 moments resolve a variance only down to a few ulps of the second moment; below that a
-# feature is indistinguishable from a constant.
-_VAR_RESOLUTION = 4 * float(np.finfo(np.float32).eps)
-
-
-def set_standardization(
-    model: nn.Module, mean: np.ndarray, sqmean: np.ndarray, *, eps: float = 1e-6
-) -> None:
-    """Set ``input_norm`` from averaged feature moments E[x] and E[x²].
-
-    std = sqrt(E[x²] - E[x]²), computed in float64. A feature whose variance is at or below
-    ``max(eps², float32 resolution of E[x²])`` is treated as constant and gets std 1: it is
-    centred but not scaled, as in scikit-learn's StandardScaler. (A tiny std floor instead would
-    turn float rounding, or a site where the feature does vary, into huge inputs.)
-    Raises ModelError, leaving the model unchanged, if it has no ``input_norm`` Standardize layer
-    or the shapes do not match.
-    """
+def _input_norm(model: nn.Module) -> Standardize:
     norm = getattr(model, "input_norm", None)
     if not isinstance(norm, Standardize):
         raise ModelError(
@@ -230,17 +215,37 @@ def set_standardization(
             "start the factory's model with fedsec.training.models.Standardize as 'input_norm' "
             "or turn standardisation off"
         )
+    return norm
+
+
+def set_standardization(model: nn.Module, mean: np.ndarray, std: np.ndarray) -> None:
+    """Set ``input_norm`` to ``(x - mean) / std``.
+
+    The federated statistics (:func:`fedsec.protocol.stats.pooled_moments`) decide the numbers,
+    including std 1 for a constant feature (centred, not scaled, as scikit-learn's StandardScaler
+    does); this only checks and stores them. Raises ModelError, leaving the model unchanged, if it
+    has no ``input_norm`` Standardize layer, the shapes do not match, or a value is not finite or a
+    std not positive.
+    """
+    norm = _input_norm(model)
     m = np.asarray(mean, dtype=np.float64)
-    sq = np.asarray(sqmean, dtype=np.float64)
+    sd = np.asarray(std, dtype=np.float64)
     dim = tuple(norm.mean.shape)
-    for name, arr in (("mean", m), ("sqmean", sq)):
+    for name, arr in (("mean", m), ("std", sd)):
         if arr.shape != dim:
             raise ModelError(f"{name} has shape {arr.shape}, input_norm expects {dim}")
-        if not np.isfinite(arr).all():
-            raise ModelError(f"{name} contains NaN or infinity")
-    var = sq - m * m
-    constant = var <= np.maximum(eps * eps, _VAR_RESOLUTION * np.abs(sq))
-    std = np.where(constant, 1.0, np.sqrt(np.maximum(var, eps * eps)))
+        with np.errstate(over="ignore"):  # too large for float32 is what is being checked
+            finite = np.isfinite(arr.astype(np.float32)).all()
+        if not finite:
+            raise ModelError(f"{name} contains NaN or infinity (as float32)")
+    if not (sd.astype(np.float32) > 0).all():
+        raise ModelError("std must be positive (as float32)")
     with torch.no_grad():
         norm.mean.copy_(torch.from_numpy(m.astype(np.float32)))
-        norm.std.copy_(torch.from_numpy(std.astype(np.float32)))
+        norm.std.copy_(torch.from_numpy(sd.astype(np.float32)))
+
+
+def standardization_of(model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+    """``input_norm``'s mean and std (float32 copies); ModelError if the model has no such layer."""
+    norm = _input_norm(model)
+    return norm.mean.detach().numpy().copy(), norm.std.detach().numpy().copy()

@@ -18,9 +18,11 @@ from fedsec.protocol.engine import (
     RoundDiscarded,
     RoundEngine,
     RoundStarted,
+    ScaleMeasured,
     TaskView,
     WaitView,
 )
+from fedsec.protocol import stats as fstats
 from fedsec.protocol.rejections import Rejected
 
 SPECS = (TensorSpec("w", (3,)),)
@@ -28,7 +30,8 @@ SITES = tuple(f"s{i}" for i in range(5))
 NOBODY = PeerIdentity("x", b"", lambda d: b"", lambda *a: False)
 
 
-def make(quorum: int = 3, rounds: int = 2, retries: int = 1, standardize: bool = False) -> RoundEngine:
+def make(quorum: int = 3, rounds: int = 2, retries: int = 1, standardize: bool = False,
+         features: tuple[str, ...] = ()) -> RoundEngine:
     cfg = EngineConfig(
         job_uid="job",
         sites=SITES,
@@ -39,16 +42,32 @@ def make(quorum: int = 3, rounds: int = 2, retries: int = 1, standardize: bool =
         join_timeout_s=30.0,
         max_retries=retries,
         model_specs=SPECS,
-        stats_specs=(TensorSpec("mean", (2,)), TensorSpec("sqmean", (2,))),
+        stats_specs=fstats.moment_specs(2),
+        scale_specs=fstats.scale_specs(2),
+        feature_names=features,
     )
     return RoundEngine(cfg, PlaintextMode(), EngineState(next_round=0 if standardize else 1), now=0.0)
 
 
-def answer(engine: RoundEngine, site: str, value: float, now: float, weight: float = 1.0) -> list:
+def site_rows(site: str) -> np.ndarray:
+    """Two features per site: one around 5000 with spread 300, one around 0.06 with spread 0.007."""
+    rng = np.random.default_rng(int(site[1:]))
+    n = 20 + 7 * int(site[1:])
+    return np.column_stack([rng.normal(5000, 300, n), rng.normal(0.06, 0.007, n)]).astype(np.float32)
+
+
+def answer(engine: RoundEngine, site: str, value: float, now: float, weight: float = 1.0,
+           rows: dict[str, np.ndarray] | None = None) -> list:
     task, _ = engine.poll(site, 0, now)
     assert isinstance(task, TaskView), task
-    specs = engine.config.stats_specs if task.kind == "stats" else SPECS
-    update = ClientUpdate({s.name: np.full(s.shape, value, np.float32) for s in specs}, weight)
+    X = (rows or {}).get(site, site_rows(site))
+    if task.kind == "stats-scale":
+        update = ClientUpdate(fstats.site_scale(X), float(len(X)))
+    elif task.kind == "stats":
+        assert engine._scale is not None  # noqa: SLF001 - the driver sends it in the model
+        update = ClientUpdate(fstats.site_moments(X, *engine._scale), float(len(X)))  # noqa: SLF001
+    else:
+        update = ClientUpdate({s.name: np.full(s.shape, value, np.float32) for s in SPECS}, weight)
     body = PlaintextMode().client(None, NOBODY, update).respond(task.phase, task.request)  # type: ignore[arg-type]
     return engine.contribute(site, task.round_id, task.phase, body, {"auc": value}, False, now)
 
@@ -135,18 +154,54 @@ def test_full_job_with_stats_round_succeeds_and_then_says_done() -> None:
     e = make(rounds=2, standardize=True)
     for s in SITES:
         e.seen(s, 0.0)
-    kinds, finished = [], []
-    for t in range(3):
+    kinds, finished, committed = [], [], []
+    for t in range(4):
         for s in SITES:
             for x in answer(e, s, 1.0, float(t)):
+                if isinstance(x, (RoundCommitted, ScaleMeasured)):
+                    kinds.append((x.round_number, getattr(x, "kind", "scale-measured")))
                 if isinstance(x, RoundCommitted):
-                    kinds.append((x.round_number, x.kind))
+                    committed.append(x)
                 if isinstance(x, JobFinished):
                     finished.append(x)
-    assert kinds == [(0, "stats"), (1, "train"), (2, "train")]
+    assert kinds == [(0, "scale-measured"), (0, "stats"), (1, "train"), (2, "train")]
     assert [f.status for f in finished] == [SUCCEEDED]
+    pooled = np.concatenate([site_rows(s) for s in SITES]).astype(np.float64)
+    got = committed[0].standardization
+    assert got is not None and (got.clipped_sites == 0).all()
+    np.testing.assert_allclose(got.mean, pooled.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(got.std, pooled.std(axis=0), rtol=1e-6)
     result, _ = e.poll("s0", 0, 5.0)
     assert isinstance(result, DoneView) and result.status == SUCCEEDED
+
+
+def test_the_stats_step_is_bound_to_the_measured_centre_and_the_scale_step_to_nothing() -> None:
+    e = make(rounds=1, standardize=True)
+    for s in SITES:
+        e.seen(s, 0.0)
+    assert e._attempt is not None and e._attempt.kind == "stats-scale"  # noqa: SLF001
+    for s in SITES:
+        answer(e, s, 1.0, 1.0)
+    a = e._attempt  # noqa: SLF001
+    assert a is not None and a.kind == "stats" and a.round_number == 0 and e._scale is not None  # noqa: SLF001
+    assert a.server.ctx.binding == fstats.centre_binding(*e._scale)  # type: ignore[attr-defined]  # noqa: SLF001
+
+
+def test_a_site_clipping_a_feature_fails_the_job_naming_it() -> None:
+    e = make(rounds=2, standardize=True, features=("area", "smoothness"))
+    rows = {s: site_rows(s) for s in SITES}
+    rows["s3"] = rows["s3"] * np.array([1.0, 1e6], np.float32)  # one hospital's smoothness in other units
+    for s in SITES:
+        e.seen(s, 0.0)
+    effects = []
+    for t in range(2):
+        for s in SITES:
+            effects += answer(e, s, 1.0, float(t), rows=rows)
+    assert not any(isinstance(x, RoundCommitted) for x in effects)
+    (finished,) = [x for x in effects if isinstance(x, JobFinished)]
+    assert finished.status == FAILED
+    assert "'smoothness' (1 site(s))" in finished.reason and "'area'" not in finished.reason
+    assert "task.featureRanges" in finished.reason
 
 
 def test_withdrawn_participant_counts_as_dropped_and_round_still_commits() -> None:

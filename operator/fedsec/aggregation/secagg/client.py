@@ -81,7 +81,7 @@ class SecAggClient(ClientProtocol):
         self._id = identity
         self._me = ctx.participants.index(identity.client_id)
         self._x = self._me + 1  # Shamir x coordinate: public, never zero
-        self._binding = keys.RoundBinding(ctx.job_uid, ctx.round_id)
+        self._binding = keys.RoundBinding(ctx.job_uid, ctx.round_id, ctx.binding)
         self._delta: np.ndarray | None = flatten(update, ctx)
         self._weight = float(update.weight)
         self._params = RoundParams.derive(config, len(ctx.participants), int(self._delta.size))

@@ -86,7 +86,7 @@ class SecAggServer(ServerProtocol):
             self._params = RoundParams.derive(SecAggConfig(threshold=1.0), max(n, 2), dim)
             self._outcome = Aborted(f"secure aggregation: {exc}")
         self._required = max(ctx.min_survivors, self._params.threshold)
-        self._binding = keys.RoundBinding(ctx.job_uid, ctx.round_id)
+        self._binding = keys.RoundBinding(ctx.job_uid, ctx.round_id, ctx.binding)
         self._graph = neighbour_graph(n, self._params.degree, graph_seed(self._binding, ctx.seed))
         self._index = {cid: i for i, cid in enumerate(ctx.participants)}
         self._phase = ph.ADVERTISE

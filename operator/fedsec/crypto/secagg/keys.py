@@ -41,13 +41,15 @@ class RoundBinding:
 
     job_uid: str
     round_id: int
+    context: bytes = b""  # public round inputs all must share (RoundContext.binding); empty: none
 
     def encode(self) -> bytes:
         return self._encoded
 
     @functools.cached_property
     def _encoded(self) -> bytes:  # asked for once per pair and per message: compute it once
-        return _lp(self.job_uid.encode(), struct.pack(">Q", self.round_id))
+        parts = (self.job_uid.encode(), struct.pack(">Q", self.round_id))
+        return _lp(*parts, self.context) if self.context else _lp(*parts)  # unchanged without a context
 
 
 class KeyPair:
