@@ -31,6 +31,14 @@ def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterato
         yield from walk(child, (*path, name))
 
 
+def _words(parser: argparse.ArgumentParser) -> list[str]:
+    """The words to offer where no flag is being typed: subcommands, or a positional's choices."""
+    subs = list(_subparsers(parser))
+    if subs:
+        return subs
+    return [str(c) for a in parser._actions if not a.option_strings and a.choices is not None for c in a.choices]
+
+
 def _takes_value(action: argparse.Action) -> bool:
     return bool(action.option_strings) and action.nargs != 0
 
@@ -51,7 +59,7 @@ def bash_script(parser: argparse.ArgumentParser) -> str:
     for path, p in walk(parser):
         key = shlex.quote("/" + "/".join(path)) if path else '""'
         options = sorted(o for a in p._actions for o in a.option_strings)
-        commands = " ".join(_subparsers(p))
+        commands = " ".join(_words(p))
         cases.append(f'        {key}) commands={shlex.quote(commands)}; options={shlex.quote(" ".join(options))} ;;')
         for a in p._actions:
             if not _takes_value(a):
