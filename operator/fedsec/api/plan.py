@@ -187,7 +187,10 @@ def _holdout_overlap(job: FederatedJob, sites: Sequence[FederatedClient]) -> lis
 def _columns_of_builtin_data(job: FederatedJob, sites: Sequence[FederatedClient]) -> list[FieldError]:
     """``task.features`` and ``task.target`` name columns of file data; a builtin dataset has its own
     label and uses all its features, so a job that sets them for builtin sites would have them ignored."""
-    given = job.spec.task.model_fields_set & {"features", "target"}
+    # The API server writes the CRD's defaults into every stored job (target: "target"), so a field counts
+    # as given when it differs from its default, not when it is present.
+    task = job.spec.task
+    given = {n for n in ("features", "target") if getattr(task, n) != type(task).model_fields[n].default}
     builtin = [c.metadata.name for c in sites if c.spec.data.builtin is not None]
     if not given or not builtin:
         return []

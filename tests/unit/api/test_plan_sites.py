@@ -91,6 +91,12 @@ def test_file_columns_named_for_builtin_sites_are_refused_not_ignored(field: str
     assert any(f"spec.task.{field}" in e and "builtin datasets" in e for e in found), found
 
 
+def test_the_defaults_the_api_server_fills_in_are_not_columns_named_for_builtin_sites() -> None:
+    job, sites = example()
+    job["spec"]["task"]["target"] = "target"  # what the CRD's default puts into every stored FederatedJob
+    assert len(plan(job, sites).admitted) == 12
+
+
 def test_refusals_alone_raise_sites_refused_and_invalid_manifests_do_not() -> None:
     job, sites = example()
     job["spec"]["quorum"] = {"minClients": 10}
