@@ -47,10 +47,10 @@ def test_a_job_whose_factory_no_site_lists_is_refused_everywhere_and_runs_nothin
                              {"allowedModelFactories": ["mypkg.models:make"]}], model=evil_model(marker))
 
     checked = fedsec("validate", str(manifests))
-    assert checked.returncode == exitcodes.CONFIG_ERROR, checked.stdout + checked.stderr
+    assert checked.returncode == exitcodes.REFUSED, checked.stdout + checked.stderr  # the sites' own lists refuse it
     run_dir = tmp_path / "run"
     proc = fedsec("run", str(manifests), "--run-dir", str(run_dir), "--ledger-dir", str(tmp_path / "ledger"), "--quiet")
-    assert proc.returncode == exitcodes.CONFIG_ERROR, proc.stdout + proc.stderr[-3000:]
+    assert proc.returncode == exitcodes.REFUSED, proc.stdout + proc.stderr[-3000:]
     for out in (checked.stdout + checked.stderr, proc.stderr):
         assert "every selected site refused the job" in out, out
         for site in ("site-0", "site-1", "site-2"):

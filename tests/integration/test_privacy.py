@@ -66,8 +66,10 @@ def test_second_job_sees_the_first_and_an_overspend_is_refused_before_training(t
     spent = {n: r["epsilon_this_job"] for n, r in summary_of(first)["privacy"]["sites"].items()}
     # the same manifests again: a new job (new uid) on the same data; 2.0 more would exceed 3.0
     second = fedsec("run", str(manifests), "--run-dir", str(tmp_path / "b"), "--ledger-dir", str(led), "--quiet")
-    assert second.returncode == 2
+    assert second.returncode == 3  # REFUSED: valid manifests, the sites' ledgers refuse the job
     assert "the job plans to spend epsilon 2 here but the site's budget of 3 has only" in second.stderr
+    assert f"the sites' privacy ledgers in {led.resolve()} already hold epsilon spent by earlier jobs" in second.stderr
+    assert "--ledger-dir NEW_DIR" in second.stderr
     assert not (tmp_path / "b").exists()  # refused before any process, key or training
     for n, eps in spent.items():
         doc = ledger(led, n)

@@ -321,7 +321,7 @@ def add_parser(sub: Any) -> None:
                    help="YAML or JSON manifest files, directories of them, or - for standard input")
     v.add_argument("-o", "--output", choices=FORMATS, default="text",
                    help="text (default), or the whole report as one json or yaml document on stdout")
-    v.add_argument("--ledger-dir", type=Path,
+    v.add_argument("--ledger-dir", type=Path, metavar="DIR",
                    help="plan against the privacy spend recorded in these site ledgers, as fedsec run --ledger-dir "
                    "would (default: fresh ledgers)")
     v.add_argument("--schema-only", action="store_true",
