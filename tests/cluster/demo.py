@@ -122,7 +122,12 @@ def cluster_up() -> Path:
 
 
 def connect(kubeconfig: Path) -> Kubectl:
-    return Kubectl(ClusterInfo(kubeconfig, bindir(), "fedsec-node", "", "", None))
+    where = bindir()
+    missing = [b for b in ("kubectl", "helm") if not (where / b).is_file()]
+    if missing:
+        raise DemoError(f"no {' or '.join(missing)} in {where}: build the test control plane's binaries first "
+                        "(make cluster-build)")
+    return Kubectl(ClusterInfo(kubeconfig, where, "fedsec-node", "", "", None))
 
 
 # ---- the example ----------------------------------------------------------------------------------
@@ -298,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         # AssertionError is how the shared kubectl helpers report a failed or timed-out command.
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except subprocess.SubprocessError as e:
+    except (subprocess.SubprocessError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
