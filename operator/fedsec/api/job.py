@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from fedsec.api.data import Holdout
 from fedsec.api.meta import (
@@ -17,6 +17,19 @@ from fedsec.api.meta import (
 MAX_THRESHOLD_COUNT = 1_000_000
 
 _PARAMS_WITH_BUILTIN = "params are keyword arguments of a factory; a builtin model takes none: remove params"
+
+
+def _scalar(value: Any) -> Any:
+    if not isinstance(value, str | int | float | bool):
+        raise ValueError(
+            f"{type(value).__name__} {value!r:.60}: a factory parameter must be a string, a number or a boolean, "
+            "never a list or a mapping"
+        )
+    return value
+
+
+# One factory parameter; the API server refuses a list or a mapping by crd.SCALAR_VALUE.
+Param = Annotated[str | int | float | bool, BeforeValidator(_scalar)]
 
 
 class ModelSpec(Spec):
@@ -41,7 +54,7 @@ class ModelSpec(Spec):
     hidden: list[PositiveInt] = Field(
         default_factory=lambda: [64], max_length=16, description="hidden layer widths of mlp (default [64])"
     )
-    params: dict[str, str | int | float | bool] | None = Field(
+    params: dict[str, Param] | None = Field(
         None,
         description="keyword arguments for factory (factory only): each value a string, number or boolean, "
         "never a list or a mapping",
@@ -67,10 +80,16 @@ class ModelSpec(Spec):
         return self.builtin or "factory"
 
 
-# A pair [low, high]; the order is checked by TaskSpec._ranges and, on the API server, by this rule.
+def _low_below_high(pair: list[float]) -> list[float]:
+    if not pair[0] < pair[1]:
+        raise ValueError(f"[{pair[0]}, {pair[1]}]: give [low, high] with low < high")
+    return pair
+
+
+# A pair [low, high]: the order is checked by _low_below_high here and by this rule on the API server.
 FeatureRange = Annotated[list[float], Field(
     min_length=2, max_length=2, json_schema_extra=kubernetes(cel("self[0] < self[1]", "give low < high")),
-)]
+), AfterValidator(_low_below_high)]
 
 
 class TaskSpec(Spec):
@@ -94,14 +113,6 @@ class TaskSpec(Spec):
         description="public [low, high] per feature (domain knowledge, not the sites' data): inputs are scaled "
         "to [-1, 1] with them; the way to scale features under differential privacy",
     )
-
-    @field_validator("feature_ranges")
-    @classmethod
-    def _ranges(cls, v: list[list[float]] | None) -> list[list[float]] | None:
-        for i, (lo, hi) in enumerate(v or []):
-            if not lo < hi:
-                raise ValueError(f"featureRanges[{i}] = [{lo}, {hi}]: give low < high")
-        return v
 
 
 class ClientsSpec(Spec):

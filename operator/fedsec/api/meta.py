@@ -7,7 +7,9 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
+from pydantic import (
+    AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator,
+)
 
 GROUP = "fedsec.io"
 VERSION = "v1alpha1"
@@ -84,13 +86,19 @@ def check_dns_label(value: str, what: str = "name") -> str:
 def check_label_key(key: str) -> str:
     prefix, _, name = key.rpartition("/")
     if (prefix and (len(prefix) > 253 or not _LABEL_PREFIX.match(prefix))) or len(name) > 63 or not _LABEL_NAME.match(name):
-        raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+        raise ValueError(
+            f"key {key!r} is not a valid Kubernetes label or annotation key: an optional DNS-subdomain prefix and "
+            "'/', then a name of at most 63 letters, digits, '-', '_' or '.' starting and ending with a letter or digit"
+        )
     return key
 
 
 def check_label_value(value: str) -> str:
     if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
-        raise ValueError(f"label value {value!r} is not a valid Kubernetes label value")
+        raise ValueError(
+            f"label value {value!r} is not a valid Kubernetes label value: empty, or at most 63 letters, digits, "
+            "'-', '_' or '.' starting and ending with a letter or digit"
+        )
     return value
 
 
@@ -141,6 +149,18 @@ class ObjectMeta(Spec):
                 f"uid {v[:80]!r} must be a Kubernetes uid (a UUID) or 1-128 letters, digits, '.', '_' or '-' "
                 "not starting with '.': it becomes a file name. Remove it to have one generated"
             )
+        return v
+
+    @field_validator("labels", "annotations", mode="before")
+    @classmethod
+    def _strings(cls, v: Any, info: ValidationInfo) -> Any:
+        # `version: 2` or `enabled: true` is the usual slip; Kubernetes wants every value a string.
+        if isinstance(v, dict):
+            for k, val in v.items():
+                if not isinstance(k, str) or not isinstance(val, str):
+                    raise ValueError(
+                        f"{info.field_name} {k!r}: {val!r} must be a string (quote numbers and booleans: \"{val}\")"
+                    )
         return v
 
     @field_validator("labels")

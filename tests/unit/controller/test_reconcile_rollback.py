@@ -71,16 +71,17 @@ def test_a_kept_round_wakes_the_aggregator_with_the_request() -> None:
 
 
 def test_a_round_without_checkpoint_is_refused_in_status() -> None:
-    kube, body, _ = finished_job(99)
+    # Round 10 is within the 20 planned (a toRound above rounds is refused by the schema) but never kept.
+    kube, body, _ = finished_job(10)
     JobReconciler(kube, ch.Settings()).reconcile(body)  # type: ignore[arg-type]
     c = _rolled_back(kube)
     assert (c["status"], c["reason"]) == ("False", "CheckpointNotFound")
-    assert "toRound 99 has no checkpoint" in c["message"] and str(KEPT) in c["message"]
+    assert "toRound 10 has no checkpoint" in c["message"] and str(KEPT) in c["message"]
     assert "rollbackSeen" not in kube.statuses[("federatedjobs", "research", "breast-cancer")]
 
 
 def test_a_round_without_checkpoint_leaves_the_aggregator_alone() -> None:
-    kube, body, names = finished_job(99)
+    kube, body, names = finished_job(10)
     before = _config(kube, names)
     JobReconciler(kube, ch.Settings()).reconcile(body)  # type: ignore[arg-type]
     assert _config(kube, names)["rollback_request"] is None, _config(kube, names)["rollback_request"]
