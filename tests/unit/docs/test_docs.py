@@ -26,7 +26,6 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-import yaml
 
 from fedsec.cli.main import build_parser, main
 
@@ -271,7 +270,7 @@ class Command:
     program: str  # "fedsec" or "make"
     comment: str  # the shell comment on the same line, if any
     output: tuple[str, ...] = ()  # a transcript's lines printed after it
-    in_block: bool = True
+    synopsis: bool = False  # a usage line ("fedsec run [--quiet] DIR"): its words are metavariables
 
 
 def _strip_comment(line: str) -> tuple[str, str]:
@@ -333,6 +332,34 @@ def _program(words: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+_SYNOPSIS = re.compile(r"^\s*usage:|\[\s*-|\[[A-Z]|\{\w+(,\w+)+\}")
+
+
+def _unbracket(text: str) -> str:
+    """A usage line's words without its brackets; a '|' between alternatives is not a pipe."""
+    out, depth = [], 0
+    for c in text:
+        if c in "[{":
+            depth += 1
+            c = " "
+        elif c in "]}":
+            depth = max(0, depth - 1)
+            c = " "
+        elif depth and c in "|,":
+            c = " "
+        out.append(c)
+    return re.sub(r"^\s*usage:", "", "".join(out))
+
+
+def _programs(code: str) -> Iterator[tuple[str, list[str], bool]]:
+    """(program, args, synopsis) for each fedsec or make command in a line of shell or a usage line."""
+    synopsis = bool(_SYNOPSIS.search(code))
+    for words in _simple_commands(_words(_unbracket(code) if synopsis else code)):
+        found = _program(words)
+        if found:
+            yield found[0], found[1], synopsis
+
+
 def commands(doc: Doc) -> Iterator[Command]:
     for block in doc.blocks:
         transcript = any(line.lstrip().startswith("$ ") for line in block.lines)
@@ -357,18 +384,19 @@ def commands(doc: Doc) -> Iterator[Command]:
             pending = ""
         for n, text, output in logical:
             code, comment = _strip_comment(text)
-            for words in _simple_commands(_words(code)):
-                found = _program(words)
-                if found:
-                    yield Command(n, tuple(found[1]), found[0], comment, tuple(output))
+            for program, args, synopsis in _programs(code):
+                yield Command(n, tuple(args), program, comment, tuple(output), synopsis)
     for span in doc.spans:
-        for words in _simple_commands(_words(span.text)):
-            found = _program(words)
-            if found:
-                yield Command(span.line, tuple(found[1]), found[0], "", (), in_block=False)
+        for program, args, synopsis in _programs(span.text):
+            yield Command(span.line, tuple(args), program, "", (), synopsis)
 
 
 # -- fedsec's parser -----------------------------------------------------------------------------
+
+
+@cache
+def _fedsec_parser() -> argparse.ArgumentParser:
+    return build_parser()
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -388,7 +416,7 @@ class Parsed:
 def parse_fedsec(argv: tuple[str, ...], parser: argparse.ArgumentParser | None = None) -> Parsed:
     """Walk fedsec's own parser over documented arguments: the subcommands it has, the flags each
     takes (and whether a flag takes a value), the positionals left over."""
-    parser = parser or build_parser()
+    parser = parser or _fedsec_parser()
     path: list[str] = []
     problems: list[str] = []
     rest = list(argv)
@@ -403,6 +431,8 @@ def parse_fedsec(argv: tuple[str, ...], parser: argparse.ArgumentParser | None =
                 return Parsed(tuple(path), (), ())
             problems.append(f"'{' '.join(['fedsec', *path, rest[0]])}': no such flag (subcommands: {', '.join(sorted(subs))})")
             return Parsed(tuple(path), (), tuple(problems))
+        if re.fullmatch(r"[A-Z][A-Z_]*", rest[0]):  # `fedsec COMMAND --help`: any subcommand
+            return Parsed(tuple(path), (), ())
         if rest[0] not in subs:
             problems.append(f"'fedsec {' '.join([*path, rest[0]])}': fedsec has no subcommand {rest[0]!r}"
                             f"{' under ' + ' '.join(path) if path else ''} (it has: {', '.join(sorted(subs))})")
@@ -452,7 +482,7 @@ def make_problems(doc: Doc, makefile: Path = ROOT / "Makefile") -> list[str]:
             w = words.pop(0)
             if w in ("-C", "-f", "-j") and words:  # their value is not a target
                 words.pop(0)
-            elif w.startswith("-") or "=" in w:
+            elif w.startswith("-") or "=" in w or "…" in w:  # a flag, a variable, the rest elided
                 continue
             elif w not in targets:
                 out.append(f"{doc.name}:{cmd.line}: 'make {w}': the Makefile has no target {w!r} "
@@ -487,38 +517,45 @@ def _expected_exit(cmd: Command) -> int:
 
 @dataclass(frozen=True)
 class Input:
-    """Manifests a documented command reads, and the exit `fedsec validate` must give them."""
+    """What a documented command reads, and the exit `fedsec validate` must give it."""
     doc: str
     line: int
     command: str
-    path: str
+    paths: tuple[str, ...]  # the manifests it names in the repository
+    args: tuple[str, ...] | None  # validate's arguments reproducing it, None if the reader fills some in
     expected: int
 
     def __str__(self) -> str:
-        return f"{self.doc}:{self.line}: {self.path}"
+        return f"{self.doc}:{self.line}: {' '.join(self.paths)}"
 
 
 def documented_inputs(doc: Doc) -> list[Input]:
     out = []
     for cmd in commands(doc):
-        if cmd.program != "fedsec" or not cmd.argv or cmd.argv[0] not in ("validate", "run", "simulate"):
+        if cmd.program != "fedsec" or cmd.synopsis or not cmd.argv or cmd.argv[0] not in ("validate", "run", "simulate"):
             continue
         parsed = parse_fedsec(cmd.argv)
         if parsed.problems or not parsed.path:
             continue  # flag_problems reports it
-        # The state a run refuses on (a ledger, a busy run directory) is not in the manifests:
-        # what run and simulate read must validate; only validate's own exit is the doc's to say.
-        expected = _expected_exit(cmd) if parsed.path[0] == "validate" else 0
-        text = " ".join(("fedsec", *cmd.argv))
-        for p in parsed.positionals:
-            if not is_placeholder(p):
-                out.append(Input(doc.name, cmd.line, text, p, expected))
+        paths = tuple(p for p in parsed.positionals if not is_placeholder(p))
+        if not paths:
+            continue
+        # validate's own flags and paths, as written; for run and simulate, what they read: the state
+        # a run refuses on (a ledger, a busy run directory) is not in the manifests, which must validate.
+        if parsed.path[0] == "validate":
+            args: tuple[str, ...] | None = cmd.argv[1:]
+            expected = _expected_exit(cmd)
+        else:
+            args, expected = tuple(parsed.positionals), 0
+        if any(is_placeholder(a) for a in args):
+            args = None
+        out.append(Input(doc.name, cmd.line, " ".join(("fedsec", *cmd.argv)), paths, args, expected))
     return out
 
 
-def run_validate(paths: list[str]) -> int:
+def run_validate(args: list[str]) -> int:
     try:
-        return int(main(["validate", *paths]))
+        return int(main(["validate", *args]))
     except SystemExit as exc:  # argparse's own refusal
         return int(exc.code) if isinstance(exc.code, int) else 1
 
@@ -629,10 +666,10 @@ def _shown_in(shown: str, printed: str) -> bool:
     return any(re.fullmatch(pattern, line.strip()) for line in printed.split("\n"))
 
 
-def _capture_validate(paths: list[str]) -> tuple[int, str]:
+def _capture_validate(args: list[str]) -> tuple[int, str]:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-        code = run_validate(paths)
+        code = run_validate(args)
     return code, buf.getvalue()
 
 
@@ -673,20 +710,27 @@ INPUTS = [i for p in DOC_PATHS for i in documented_inputs(load_doc(p))]
 
 
 @pytest.mark.parametrize("inp", INPUTS, ids=[str(i) for i in INPUTS])
-def test_documented_manifests_validate(inp: Input, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_documented_inputs_exist(inp: Input) -> None:
+    missing = [p for p in inp.paths if not (ROOT / p).exists()]
+    assert not missing, f"{inp.doc}:{inp.line}: `{inp.command}` names {', '.join(missing)}, which does not exist"
+
+
+# Each command once, however many docs show it (planning a DP example calibrates twelve sites' noise).
+VALIDATED: dict[tuple[tuple[str, ...], int], list[Input]] = {}
+for _inp in INPUTS:
+    if _inp.args is not None:
+        VALIDATED.setdefault((_inp.args, _inp.expected), []).append(_inp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "expected"), list(VALIDATED), ids=[f"{' '.join(a)}-exit{e}" for a, e in VALIDATED])
+def test_documented_manifests_validate(args: tuple[str, ...], expected: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)  # the docs' commands run from the repository's root
-    assert (ROOT / inp.path).exists(), f"{inp.doc}:{inp.line}: `{inp.command}` names {inp.path}, which does not exist"
-    code = run_validate([inp.path])
-    out = capsys.readouterr()
-    assert code == inp.expected, (f"{inp.doc}:{inp.line}: `{inp.command}`: fedsec validate {inp.path} exits {code}, "
-                                  f"the doc expects {inp.expected}:\n{out.out}{out.err}")
-    if inp.command.split()[1] == "simulate":  # the scenario's job and sites are what the run reads
-        spec = yaml.safe_load((ROOT / inp.path).read_text(encoding="utf-8"))["spec"]
-        target = os.path.normpath(Path(inp.path).parent / spec["manifests"])
-        code = run_validate([target])
-        out = capsys.readouterr()
-        assert code == 0, f"{inp.doc}:{inp.line}: `{inp.command}` runs {target}, which does not validate:\n{out.err}"
+    places = "\n".join(f"  {i.doc}:{i.line}: `{i.command}`" for i in VALIDATED[(args, expected)])
+    # For a scenario, validate also checks it against the job and sites of its manifests directory,
+    # which is what `fedsec simulate` runs.
+    code, out = _capture_validate(list(args))
+    assert code == expected, f"fedsec validate {' '.join(args)} exits {code}, where the docs expect {expected}:\n{places}\n{out}"
 
 
 def manifest_blocks(doc: Doc) -> list[CodeBlock]:
@@ -712,7 +756,8 @@ def test_manifests_shown_in_the_docs_validate(path: Path, block: int, tmp_path: 
         manifest = tmp_path / "scenarios" / "shown.yaml"
         manifest.parent.mkdir()
     manifest.write_text("\n".join(body.lines) + "\n", encoding="utf-8")
-    code, out = _capture_validate([str(manifest)])
+    # A doc shows one manifest, without the others a plan needs: checked on its own, as a reader would.
+    code, out = _capture_validate(["--schema-only", str(manifest)])
     assert code == 0, f"{doc.name}:{block}: the manifest shown there does not validate:\n{out}"
 
 
@@ -722,7 +767,7 @@ def test_the_docs_show_manifests() -> None:
 
 def test_the_docs_name_the_examples_they_are_about() -> None:
     # A parser that found no command would make the test above pass on nothing.
-    named = {i.path.rstrip("/") for i in INPUTS}
+    named = {p.rstrip("/") for i in INPUTS if i.args is not None for p in i.paths}
     assert {"examples/breast-cancer", "examples/breast-cancer-dp", "examples/breast-cancer-dp-budget",
             "examples/scenarios/dropouts.yaml"} <= named, named
 
@@ -730,6 +775,7 @@ def test_the_docs_name_the_examples_they_are_about() -> None:
 TRANSCRIPTS = [(p, line) for p in DOC_PATHS for line in validate_transcripts(load_doc(p))]
 
 
+@pytest.mark.slow  # planning a DP example calibrates twelve sites' noise
 @pytest.mark.parametrize(("path", "block"), TRANSCRIPTS, ids=[f"{_rel(p)}:{b}" for p, b in TRANSCRIPTS])
 def test_validate_transcripts_print_what_the_doc_shows(path: Path, block: int, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
@@ -794,6 +840,15 @@ def test_unknown_flags_and_subcommands_are_caught(tmp_path: Path) -> None:
     assert "--ledgerdir" in problems[0] and "'frobnicate'" in problems[1] and "--deep" in problems[2] and "--force" in problems[3]
 
 
+def test_usage_lines_are_checked_flag_by_flag(tmp_path: Path) -> None:
+    doc = _doc(tmp_path, "```\nusage: fedsec run [-h] [--run-dir RUN_DIR] [--quiet|--loud] DIR\n```\n\n"
+                         "`fedsec validate [-o {text,json}] PATH [PATH ...]` and `fedsec COMMAND --help`\n")
+    assert [c.synopsis for c in commands(doc)] == [True, True, False]
+    problems = flag_problems(doc)
+    assert len(problems) == 1 and "--loud" in problems[0] and problems[0].startswith("docs/x.md:2:"), problems
+    assert documented_inputs(doc) == []  # DIR and PATH are metavariables, not paths to validate
+
+
 def test_flag_values_are_not_taken_for_paths() -> None:
     parsed = parse_fedsec(("run", "--run-dir", "runs/x", "examples/bc", "--quiet", "--ledger-dir=/tmp/l"))
     assert parsed == Parsed(("run",), ("examples/bc",), ())
@@ -802,7 +857,7 @@ def test_flag_values_are_not_taken_for_paths() -> None:
 def test_unknown_make_targets_are_caught(tmp_path: Path) -> None:
     makefile = tmp_path / "Makefile"
     makefile.write_text("X := 1\n.PHONY: a b\na: b\n\techo no-target: here\nb c:\n", encoding="utf-8")
-    doc = _doc(tmp_path, "```\nmake a PYTEST_ARGS=-x\nmake -C . c d\n```\n`make b`, `make e`\n")
+    doc = _doc(tmp_path, "```\nmake a PYTEST_ARGS=-x\nmake -C . c d\n```\n`make b`, `make e`, `make -n a …`\n")
     problems = make_problems(doc, makefile)
     assert [p.split(":")[1] for p in problems] == ["3", "5"] and "'d'" in problems[0] and "'e'" in problems[1], problems
 
@@ -850,3 +905,13 @@ def test_a_shown_line_matches_only_with_its_elision() -> None:
     assert _shown_in("- a.yaml: spec.x: unknown field 'x'; allowed here: y, …", printed)
     assert not _shown_in("1 problem(s)", printed)  # a prefix is not the line
     assert not _shown_in("- a.yaml: spec.x: unknown field 'w'; …", printed)
+
+
+def test_documented_inputs_are_whole_commands(tmp_path: Path) -> None:
+    doc = _doc(tmp_path, "```bash\nfedsec validate -o json a/job.yaml a/site.yaml   # every site refuses: exits 3\n"
+                         "fedsec run examples/bc --run-dir RUN_DIR\nfedsec validate --ledger-dir runs/ledger DIR\n```\n")
+    assert documented_inputs(doc) == [
+        Input("docs/x.md", 2, "fedsec validate -o json a/job.yaml a/site.yaml", ("a/job.yaml", "a/site.yaml"),
+              ("-o", "json", "a/job.yaml", "a/site.yaml"), 3),
+        Input("docs/x.md", 3, "fedsec run examples/bc --run-dir RUN_DIR", ("examples/bc",), ("examples/bc",), 0),
+    ]  # line 4 names no manifests of the repository: a flag's value and the reader's DIR
