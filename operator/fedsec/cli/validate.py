@@ -87,13 +87,12 @@ def validate(paths: list[str], *, ledger_dir: Path | None = None, schema_only: b
         return report
     report.jobs = [_plan(job, m, spent, reserved) for job in m.jobs]
     report.scenarios = [_scenario(s, m) for s in m.scenarios]
-    if m.jobs:
-        for c in m.clients:
-            if not any(select_clients(j, [c]) for j in m.jobs):
-                labels = ", ".join(f"{k}={v}" for k, v in sorted(c.metadata.labels.items())) or "none"
-                report.warnings.append(FieldError(
-                    "metadata.labels", f"no FederatedJob given selects this site (its labels: {labels})",
-                    source=m.sources.get(c.ref, ""), obj=c.ref))
+    for c in m.clients:  # a warning, not an error: the site may be another job's, given elsewhere
+        if not any(select_clients(j, [c]) for j in m.jobs):
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(c.metadata.labels.items())) or "none"
+            report.warnings.append(FieldError(
+                "metadata.labels", f"no FederatedJob given selects this site (its labels: {labels})",
+                source=m.sources.get(c.ref, ""), obj=c.ref))
     return report
 
 

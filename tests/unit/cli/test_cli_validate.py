@@ -92,6 +92,12 @@ def test_a_site_no_job_selects_is_a_warning(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err
     assert (f"warning: {root / 'site-2.yaml'}: FederatedClient/site-2: metadata.labels: no FederatedJob given "
             "selects this site (its labels: study=other)") in err
+    assert "site-0" not in err and "site-1" not in err
+    alone = root / "site-0.yaml"
+    assert main(["validate", str(alone)]) == exitcodes.OK
+    out, err = capsys.readouterr()
+    assert f"warning: {alone}: FederatedClient/site-0: metadata.labels: no FederatedJob given selects" in err
+    assert "ok: 1 manifest(s) valid (0 FederatedJob, 1 FederatedClient, 0 Scenario)" in out
 
 
 def test_stdin_is_read_once_as_one_stream(tmp_path: Path, capsys: pytest.CaptureFixture[str],
