@@ -68,13 +68,13 @@ class Fault(Spec):
         if self.kind == "slow" and self.delay_seconds <= 0:
             raise ValueError("a 'slow' fault needs delaySeconds > 0")
         # A field the kind ignores would be a promise the run does not keep (a 'slow' fault with a
-        # phase is slow in every phase of its round).
-        given = self.model_fields_set
-        if "phase" in given and self.kind not in ("drop", "crash"):
+        # phase is slow in every phase of its round). Compared with the defaults, not by whether the
+        # field was written: the run's own config files carry every field of a fault.
+        if self.phase != TRAIN_PHASE and self.kind not in ("drop", "crash"):
             raise ValueError(f"'phase' applies to 'drop' and 'crash' faults only, not {self.kind!r}")
-        if "delay_seconds" in given and self.kind != "slow":
+        if self.delay_seconds != 0.0 and self.kind != "slow":
             raise ValueError(f"'delaySeconds' applies to 'slow' faults only, not {self.kind!r}")
-        if "after_updates" in given and self.kind != "aggregator-crash":
+        if self.after_updates != 0 and self.kind != "aggregator-crash":
             raise ValueError(f"'afterUpdates' applies to 'aggregator-crash' faults only, not {self.kind!r}")
         return self
 

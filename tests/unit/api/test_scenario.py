@@ -13,7 +13,7 @@ from fedsec.aggregation.plaintext import PlaintextMode
 from fedsec.aggregation.secagg.mode import SecAggMode
 from fedsec.api import loader
 from fedsec.api.errors import FieldError, ManifestError, SitesRefused
-from fedsec.api.scenario import Scenario, check_scenario
+from fedsec.api.scenario import Fault, Scenario, check_scenario
 
 ROOT = Path(__file__).resolve().parents[3]
 SCENARIOS = sorted((ROOT / "examples" / "scenarios").glob("*.yaml"))
@@ -285,7 +285,7 @@ def test_nothing_fires_after_the_round_too_few_sites_are_left_for(tmp_path: Path
     ({"kind": "slow", "client": "site-0", "delaySeconds": 1, "phase": "share"}, "'phase' applies to 'drop' and 'crash' faults only, not 'slow'"),
     ({"kind": "drop", "client": "site-0", "round": 1, "afterUpdates": 2}, "'afterUpdates' applies to 'aggregator-crash' faults only, not 'drop'"),
     ({"kind": "aggregator-crash", "round": 1, "delaySeconds": 2}, "'delaySeconds' applies to 'slow' faults only, not 'aggregator-crash'"),
-    ({"kind": "aggregator-crash", "round": 1, "phase": "train"}, "'phase' applies to 'drop' and 'crash' faults only, not 'aggregator-crash'"),
+    ({"kind": "aggregator-crash", "round": 1, "phase": "update"}, "'phase' applies to 'drop' and 'crash' faults only, not 'aggregator-crash'"),
 ])
 def test_a_field_the_kind_does_not_take_is_refused_by_the_loader(tmp_path: Path, fault: dict[str, Any], message: str) -> None:
     path = scenario_file(tmp_path / "s.yaml", "m", [fault])
@@ -293,3 +293,13 @@ def test_a_field_the_kind_does_not_take_is_refused_by_the_loader(tmp_path: Path,
         loader.load([path])
     e = only(exc.value.errors)
     assert (e.source, e.obj, e.path, e.message) == (str(path), "Scenario/s", "spec.faults[0]", message)
+
+
+def test_a_fault_written_out_with_every_field_reads_back_the_same() -> None:
+    """The launcher hands each process its faults as JSON with every field: they must validate again."""
+    for doc in ({"kind": "drop", "client": "site-0", "round": 2, "phase": "share"},
+                {"kind": "slow", "client": "site-0", "delaySeconds": 2.5},
+                {"kind": "aggregator-crash", "round": 1, "afterUpdates": 3, "everyIncarnation": True}):
+        fault = Fault.model_validate(doc)
+        assert Fault.model_validate_json(fault.model_dump_json(by_alias=True)) == fault
+        assert Fault.model_validate(fault.model_dump()) == fault
