@@ -915,3 +915,11 @@ def test_documented_inputs_are_whole_commands(tmp_path: Path) -> None:
               ("-o", "json", "a/job.yaml", "a/site.yaml"), 3),
         Input("docs/x.md", 3, "fedsec run examples/bc --run-dir RUN_DIR", ("examples/bc",), ("examples/bc",), 0),
     ]  # line 4 names no manifests of the repository: a flag's value and the reader's DIR
+
+
+def test_the_readme_links_every_doc() -> None:
+    # A page no one links to is one a reader never finds.
+    readme = load_doc(ROOT / "README.md")
+    linked = {os.path.normpath(ROOT / t.partition("#")[0]) for _, t in links(readme) if t.partition("#")[0]}
+    missing = [_rel(p) for p in DOC_PATHS[1:] if os.path.normpath(p) not in linked]
+    assert not missing, f"README.md links none of: {', '.join(missing)} (add them to its Documentation list)"
