@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -43,8 +44,8 @@ class Display:
             if p.mechanism != "none":
                 self.console.print(f"privacy: {p.mechanism}, target epsilon {p.target_epsilon:g} per site at delta {p.delta:g} ({p.accountant})")
             for name, reason in sorted(layout.plan.refused.items()):
-                self.console.print(f"[yellow]{name} refused the job: {reason}[/]")
-            self.console.print(f"run directory: {layout.run_dir}")
+                self.console.print(f"[yellow]{escape(name)} refused the job: {escape(reason)}[/]")
+            self.console.print(f"run directory: {escape(str(layout.run_dir))}")
         if self.live:
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -62,13 +63,13 @@ class Display:
         if not line or self.quiet:
             return
         if self.progress is not None:
-            self.progress.console.print(f"           {line}")
+            self.progress.console.print(f"           {escape(line)}")
         else:
-            self.console.print(f"           {line}")
+            self.console.print(f"           {escape(line)}")
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            self.console.print(f"[yellow]{text}[/]")
+            self.console.print(f"[yellow]{escape(text)}[/]")
 
     def event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
@@ -113,7 +114,7 @@ class Display:
         elif kind == "key_epoch" and ev.get("round") is not None:
             self.note(f"keys rotated: epoch {ev['epoch']} from round {ev['round']}")
         elif kind == "job_finished" and not self.quiet and self.progress is None:
-            self.console.print(f"job {ev['status']}: {ev['reason']}")
+            self.console.print(escape(f"job {ev['status']}: {ev['reason']}"))
 
     def finish(self, summary: dict[str, Any], summary_path: Path | None, run_dir: Path) -> None:
         if self.progress is not None:
@@ -121,17 +122,17 @@ class Display:
         if summary and not self.quiet:
             table = Table(show_header=False, box=None)
             table.add_row("status", f"[{'green' if summary['status'] == 'Succeeded' else 'red'}]{summary['status']}[/]")
-            table.add_row("reason", summary.get("reason", ""))
+            table.add_row("reason", escape(summary.get("reason", "")))  # data, not markup: a "[...]" in it must show
             table.add_row("rounds", f"{summary['rounds_completed']} of {summary['rounds_planned']} ({summary['round_attempts']} attempts)")
             if summary.get("final_metrics"):
-                table.add_row("final", f"{_fmt_metrics(summary['final_metrics'])}  [{summary.get('final_metrics_source', '')}]")
+                table.add_row("final", f"{_fmt_metrics(summary['final_metrics'])}  {escape('[' + summary.get('final_metrics_source', '') + ']')}")
             priv = summary.get("privacy") or {}
             if priv.get("mechanism", "none") != "none":
                 from fedsec.privacy.report import one_line
 
                 table.add_row("privacy", one_line(priv))
             for name, reason in sorted(priv.get("refused", {}).items()):
-                table.add_row("refused", f"{name}: {reason}")
+                table.add_row("refused", escape(f"{name}: {reason}"))
             keys = summary.get("keys") or {}
             if keys.get("rotate_every_rounds"):
                 table.add_row("keys", f"epoch {keys['epoch']} (rotated every {keys['rotate_every_rounds']} rounds)")
@@ -145,5 +146,5 @@ class Display:
         if summary_path is not None:
             print(f"summary: {summary_path}")  # stdout, last line: scripts read it
         else:
-            self.console.print(f"[red]the job left no summary; logs are in {run_dir / 'logs'}[/]")
+            self.console.print(f"[red]the job left no summary; logs are in {escape(str(run_dir / 'logs'))}[/]")
             print(f"run directory: {run_dir}")
