@@ -168,11 +168,11 @@ def namespace_phase(kubectl: Kubectl, ns: str) -> str:
     return "terminating" if json.loads(r.stdout)["metadata"].get("deletionTimestamp") else "active"
 
 
-def remove_namespace(kubectl: Kubectl, ns: str) -> None:
+def remove_namespace(kubectl: Kubectl, ns: str, why: str) -> None:
     """Deletes the namespace and waits until it is gone (the operator, still running, removes its finalizers)."""
     if namespace_phase(kubectl, ns) == "absent":
         return
-    say(f"deleting namespace {ns} (an earlier demo's) and waiting until it is gone")
+    say(f"deleting namespace {ns}{why} and waiting until it is gone")
     kubectl("delete", "namespace", ns, "--wait=false", check=False)
     wait_until(f"namespace {ns} to be gone", lambda: namespace_phase(kubectl, ns) == "absent", 300, 1.0)
 
@@ -228,7 +228,7 @@ def up(args: argparse.Namespace) -> int:
     install_operator(kubectl)
     say("the operator pod is Ready")
     ns = args.namespace
-    remove_namespace(kubectl, ns)
+    remove_namespace(kubectl, ns, " (an earlier demo's)")
     kubectl("create", "namespace", ns)
     docs = example_manifests(args.study, args.rounds)
     name, study = job_name(docs), study_of(docs)
@@ -251,8 +251,17 @@ Look around:
   kubectl get fj,fc -n {ns}                   # phase, round, the AUC in the METRIC column
   kubectl describe fj -n {ns} {name}          # conditions and Events
   kubectl get pods,jobs,deploy,svc,netpol -n {ns}
-  kubectl logs -n {ns} deploy/{name}-aggregator
   kubectl logs -n {RELEASE_NAMESPACE} -l app.kubernetes.io/name=fedsec-operator""")
+    jobs = kubectl("get", "jobs", "-n", ns, "-o", "name", check=False).stdout.split()
+    if jobs:
+        print(f"  kubectl logs -n {ns} {jobs[0]}   # one hospital's client")
+    # A finished job's aggregator is scaled to 0, so `kubectl logs` has no pod to read; the node agent of
+    # the test control plane keeps every pod's log in its state directory, beside the kubeconfig.
+    # An earlier demo's aggregator logs stay there too: name this run's, the newest.
+    logs = sorted((kubeconfig.parent / "logs" / "pods").glob(f"{ns}_{name}-aggregator-*/aggregator/*.log"),
+                  key=lambda p: p.stat().st_mtime)
+    if logs:
+        print(f"  cat {logs[-1]}   # the aggregator's log")
     where = results_dir(kubectl, ns, name)
     if where:
         print(f"  ls {where}   # the checkpoint volume: summary.json, metrics.png, audit log")
@@ -273,7 +282,7 @@ def down(args: argparse.Namespace) -> int:
     else:
         kubeconfig = args.kubeconfig
     kubectl = connect(kubeconfig)
-    remove_namespace(kubectl, args.namespace)
+    remove_namespace(kubectl, args.namespace, "")
     if args.keep_operator:
         say(f"kept the chart's release {RELEASE} in {RELEASE_NAMESPACE} (--keep-operator)")
     else:

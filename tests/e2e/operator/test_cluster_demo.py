@@ -10,6 +10,7 @@ and 3 rounds instead of 20; the install, apply, watch and hints are the demo's o
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 import uuid
@@ -65,6 +66,15 @@ def test_the_demo_installs_the_chart_applies_the_example_and_watches_it_to_succe
     assert "make cluster-demo-down" in out
     results = re.search(r"^  ls (\S+)\s+# the checkpoint volume", out, re.M)
     assert results and (Path(results[1]) / "summary.json").is_file(), out
+    aggregator_log = re.search(r"^  cat (\S+)\s+# the aggregator's log", out, re.M)
+    assert aggregator_log, out
+    assert "job Succeeded" in Path(aggregator_log[1]).read_text(), aggregator_log[1]
+    # Every kubectl command it suggests works as printed, on the finished job.
+    hints = [shlex.split(line.split("#", 1)[0]) for line in out.splitlines() if line.startswith("  kubectl ")]
+    assert len(hints) >= 5, out
+    for argv in hints:
+        r = kubectl.run(argv, timeout=60)
+        assert r.stdout.strip(), (argv, r.stderr)
 
     s = kubectl.json("get", "fj", "breast-cancer", "-n", ns)["status"]
     assert s["phase"] == "Succeeded" and s["round"] == 3 and len(s["admitted"]) == 12, s
