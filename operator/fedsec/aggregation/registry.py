@@ -4,7 +4,7 @@ Training rounds carry model deltas, small numbers clipped to ``clipRange``. The 
 feature-statistics round (``task.standardize``, :mod:`fedsec.protocol.stats`) carry quantities that
 are of order one by construction (bounded logs and ratios, then moments of features centred and
 scaled by public per-feature values): under secure aggregation they run in a 64-bit ring with the
-range ±``STATS_RANGE`` (2^10) and 40 fractional bits. A site whose statistic would exceed the range
+range ±``STATS_RANGE`` (2^8) and 40 fractional bits. A site whose statistic would exceed the range
 marks it, and the round fails naming the feature; nothing is clipped silently.
 """
 

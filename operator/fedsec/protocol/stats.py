@@ -39,9 +39,11 @@ import numpy as np
 
 from fedsec.aggregation.base import TensorSpec
 
-STATS_RANGE = float(2**10)
-"""clipRange of both statistics steps: a site's E[z²] (z in units of the pooled scale) up to 1024,
-i.e. its values within about 32 typical standard deviations of the centre."""
+STATS_RANGE = float(2**8)
+"""clipRange of both statistics steps: a site's E[z²] up to 256, i.e. its values within 16 of the
+sites' typical standard deviations of the centre on average (breast cancer's non-iid hospitals reach
+17 of 256). A wider range costs precision in proportion: the step is STATS_RANGE / 2^40 per unit of
+normalised weight (docs/secure-aggregation.md)."""
 
 CONSTANT_VARIANCE = 1e-5
 """A feature whose pooled variance of z is at or below this is treated as constant (std 1): its
@@ -164,10 +166,12 @@ def clipping_reason(std: Standardization, feature_names: Sequence[str] = ()) -> 
         return ""
 
     def name(j: int) -> str:
-        return repr(feature_names[j]) if j < len(feature_names) else f"#{j}"
+        return repr(feature_names[j]) if j < len(feature_names) else f"input column {j}"
 
     shown = ", ".join(f"{name(int(j))} ({int(std.clipped_sites[j])} site(s))" for j in hit[:8])
     more = f" and {hit.size - 8} more" if hit.size > 8 else ""
+    if not feature_names:
+        more += " (0-based; the sites' logs name them, and task.features would name them here)"
     return (
         f"feature statistics clipped for {hit.size} feature(s): {shown}{more}. At those sites the values lie more "
         f"than {np.sqrt(STATS_RANGE):g} typical standard deviations from the other sites' centre, so the federated "

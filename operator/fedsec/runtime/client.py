@@ -362,10 +362,11 @@ class SiteClient:
             tmodels.load_numpy_state(self.model, wire_tensors.decode(task.model, specs))
             centre, scale = tmodels.standardization_of(self.model)
             update = ClientUpdate(fstats.site_moments(self.train.X, centre, scale), float(len(self.train)))
-            clipped = int(np.count_nonzero(update.delta["clipped"]))
+            clipped = [self.train.feature_names[j] for j in np.flatnonzero(update.delta["clipped"])]
             if clipped:
-                log.error("round 0: %d feature(s) of this site lie outside the statistics range; the job will "
-                          "fail naming them", clipped)
+                log.error("round 0: this site's %s lie more than %g of the sites' typical standard deviations from "
+                          "their centre (other units here?); the job will fail naming them", ", ".join(map(repr, clipped)),
+                          np.sqrt(fstats.STATS_RANGE))
             specs, binding = fstats.moment_specs(dim), fstats.centre_binding(centre, scale)
             self._metrics = {}
         else:
