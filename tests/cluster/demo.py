@@ -248,8 +248,8 @@ def up(args: argparse.Namespace) -> int:
     print(f"""
 Look around:
   {env}
-  kubectl get fj,fc -n {ns}                   # phase, round, the AUC in the METRIC column
-  kubectl describe fj -n {ns} {name}          # conditions and Events
+  kubectl get fj,fc -n {ns}   # phase, round, the AUC in the METRIC column
+  kubectl describe fj -n {ns} {name}   # conditions and Events
   kubectl get pods,jobs,deploy,svc,netpol -n {ns}
   kubectl logs -n {RELEASE_NAMESPACE} -l app.kubernetes.io/name=fedsec-operator""")
     jobs = kubectl("get", "jobs", "-n", ns, "-o", "name", check=False).stdout.split()
