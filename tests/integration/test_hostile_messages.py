@@ -26,6 +26,7 @@ from fedsec.crypto import keyring, pki
 from fedsec.crypto.signing import Signer
 from fedsec.runtime import limits, local
 from fedsec.runtime.aggregator import LONG_POLL_SECONDS, METHOD
+from fedsec.protocol import stats as fstats
 from fedsec.wire import tensors as wire_tensors
 from fedsec.wire.envelope import SerializedBody, seal
 from fedsec.wire.proto import round_pb2 as pb
@@ -234,13 +235,14 @@ def answer(live: Live, site: str, task: pb.Task, delta: bytes) -> pb.Ack:
 
 @pytest.fixture(scope="module")
 def plain_task(live_plain: Live) -> pb.Task:
-    """Both sites joined, so round 0 (feature statistics, phase ``update``) is under way: site-0's task."""
+    """Both sites joined, so round 0 (its first feature-statistics step, phase ``update``) is under way:
+    site-0's task."""
     for site in ("site-0", "site-1"):
         ack = send(channel(live_plain, site), envelope(live_plain, signer_for(live_plain, site), pb.Join(num_samples=10)))
         assert isinstance(ack, pb.Ack) and ack.accepted, ack
     reply = send(channel(live_plain, "site-0"), envelope(live_plain, signer_for(live_plain, "site-0"), pb.Poll()))
     assert isinstance(reply, pb.Reply) and reply.WhichOneof("kind") == "task", reply
-    assert (reply.task.kind, reply.task.phase) == ("stats", "update")
+    assert (reply.task.kind, reply.task.phase) == ("stats-scale", "update")
     return reply.task
 
 
@@ -262,7 +264,7 @@ def test_a_safetensors_header_that_lies_about_sizes_is_an_invalid_update(live_pl
 
 
 def test_after_the_bad_updates_an_honest_update_is_accepted(live_plain: Live, plain_task: pb.Task) -> None:
-    stats = {"mean": np.zeros(30, dtype=np.float32), "sqmean": np.ones(30, dtype=np.float32)}
+    stats = fstats.site_scale(np.ones((10, 30), dtype=np.float32))
     ack = answer(live_plain, "site-0", plain_task, wire_tensors.encode(stats))
     assert ack.accepted, ack
 
