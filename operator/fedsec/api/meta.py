@@ -215,8 +215,6 @@ class LabelSelector(Spec):
         )
 
 
-
-
 def bounded_int(*, ge: int | None = None, le: int | None = None) -> Any:
     """``Int`` with bounds. The bounds go inside the whole-number coercion: outside it, pydantic
     would still check them but write them into the JSON schema (hence the CRD) as unknown keywords."""
