@@ -31,10 +31,13 @@ def job_body(name: str = "breast-cancer", namespace: str = "research", uid: str 
 
 
 def client_body(name: str = "hospital-01", namespace: str = "site-a", uid: str = SITE_UID, generation: int = 1,
-                status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+                status: dict[str, Any] | None = None, shard: int = 0, **spec: Any) -> dict[str, Any]:
+    """hospital-01's manifest under another name; several sites of one job need their own ``shard``
+    (the plan refuses two sites holding the same rows)."""
     body = copy.deepcopy(CLIENT_YAML)
     body["metadata"] = {"name": name, "namespace": namespace, "uid": uid, "generation": generation,
                         "labels": dict(CLIENT_YAML["metadata"]["labels"])}
+    body["spec"]["data"]["builtin"]["partition"]["shard"] = shard
     body["spec"].update(spec)
     if status is not None:
         body["status"] = status

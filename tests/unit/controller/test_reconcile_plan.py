@@ -22,8 +22,8 @@ def sites() -> list[dict[str, Any]]:
     allow_ours = {"allowedAggregatorImages": ["registry.hospital.example/fedsec-runtime:1.0"]}
     allow_any_tag = {"allowedAggregatorImages": ["registry.hospital.example/fedsec-runtime:*"]}
     allow_other = {"allowedAggregatorImages": ["ghcr.io/someone-else/*"]}
-    return [client_body(name=n, namespace=f"site-{n}", uid=f"uid-{n}", policy=p)
-            for n, p in [("h1", allow_ours), ("h2", allow_any_tag), ("h3", {}), ("h4", allow_other)]]
+    return [client_body(name=n, namespace=f"site-{n}", uid=f"uid-{n}", policy=p, shard=i)
+            for i, (n, p) in enumerate([("h1", allow_ours), ("h2", allow_any_tag), ("h3", {}), ("h4", allow_other)])]
 
 
 def running_pod(site: str) -> dict[str, Any]:
@@ -70,8 +70,8 @@ FACTORY = "hospital_models.cardio:build"
 
 def factory_sites() -> list[dict[str, Any]]:
     lists_it = {"allowedModelFactories": [FACTORY]}
-    return [client_body(name=n, namespace=f"site-{n}", uid=f"uid-{n}", policy=p)
-            for n, p in [("h1", lists_it), ("h2", lists_it), ("h3", lists_it), ("h4", {})]]
+    return [client_body(name=n, namespace=f"site-{n}", uid=f"uid-{n}", policy=p, shard=i)
+            for i, (n, p) in enumerate([("h1", lists_it), ("h2", lists_it), ("h3", lists_it), ("h4", {})])]
 
 
 def test_a_site_that_does_not_list_the_jobs_model_factory_is_refused_in_both_statuses() -> None:

@@ -24,7 +24,7 @@ def finished_job(to_round: int) -> tuple[FakeKube, dict[str, Any], JobNames]:
     ask for ``spec.rollback.toRound``."""
     ns = "research"
     names = JobNames("breast-cancer", JOB_UID)
-    clients = [client_body(name=s, namespace="site-a", uid=f"uid-{s}") for s in SITES]
+    clients = [client_body(name=s, namespace="site-a", uid=f"uid-{s}", shard=i) for i, s in enumerate(SITES)]
     kube = FakeKube(clients)
     before = parse_job(job_body(generation=2))
     files = {ch.AGGREGATOR_CONFIG: ch.aggregator_config(before, JOB_UID, SITES, 2)}
