@@ -12,6 +12,7 @@ import yaml
 
 from fedsec.telemetry.audit import verify
 from fedsec_runs import fedsec, summary_of
+from standardization_check import check_standardization
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "breast-cancer"
@@ -45,17 +46,27 @@ def test_breast_cancer_example_reaches_the_target_auc(secagg_run: dict[str, Any]
     assert fedsec("audit", "verify", str(audit)).returncode == 0
 
 
-def test_secure_aggregation_costs_no_accuracy(secagg_run: dict[str, Any], tmp_path: Path) -> None:
-    plain_dir = tmp_path / "plain"
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    plain_dir = tmp_path_factory.mktemp("plain") / "example"
     shutil.copytree(EXAMPLE, plain_dir)
     job = yaml.safe_load((plain_dir / "job.yaml").read_text())
     job["spec"]["secureAggregation"] = {"mode": "none"}
     (plain_dir / "job.yaml").write_text(yaml.safe_dump(job))
-    proc = fedsec("run", str(plain_dir), "--run-dir", str(tmp_path / "run"), "--quiet")
+    proc = fedsec("run", str(plain_dir), "--run-dir", str(plain_dir.parent / "run"), "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    plain = summary_of(proc)
-    assert plain["secure_aggregation"]["mode"] == "none"
-    assert abs(plain["final_metrics"]["auc"] - secagg_run["final_metrics"]["auc"]) <= 0.01
+    return summary_of(proc)
+
+
+def test_secure_aggregation_costs_no_accuracy(secagg_run: dict[str, Any], plain_run: dict[str, Any]) -> None:
+    assert plain_run["secure_aggregation"]["mode"] == "none"
+    assert abs(plain_run["final_metrics"]["auc"] - secagg_run["final_metrics"]["auc"]) <= 0.01
+
+
+@pytest.mark.parametrize("run", ["secagg_run", "plain_run"])
+def test_the_example_standardises_with_the_exact_pooled_statistics(run: str, request: pytest.FixtureRequest) -> None:
+    s = request.getfixturevalue(run)
+    check_standardization(Path(s["artifacts"]["audit_log"]).parent, EXAMPLE)
 
 
 def test_sites_dropping_mid_round_under_secagg(secagg_run: dict[str, Any], tmp_path: Path) -> None:
