@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from fedsec.api.errors import ManifestError
 from fedsec.api.job import QuorumSpec
 from fedsec.api.plan import plan_job
 from fedsec.cli.main import main
+from manifest_cases import DELETE, edit
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "breast-cancer"
 
@@ -36,20 +36,9 @@ CLIENT: dict[str, Any] = {
 }
 
 
-def with_(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    out = copy.deepcopy(doc)
-    *parents, last = path.split(".")
-    node = out
-    for p in parents:
-        node = node.setdefault(p, {})
-    if value is DELETE:
-        node.pop(last)
-    else:
-        node[last] = value
-    return out
+with_ = edit  # the shared table's one way to change a manifest
 
 
-DELETE = object()
 
 
 def errors_for(tmp_path: Path, *docs: dict[str, Any]) -> list[str]:
