@@ -59,6 +59,21 @@ def _data_path(site: FederatedClient) -> str:
     return "spec.data.file.path" if site.spec.data.file is not None else "spec.data.builtin"
 
 
+def _weight_capped(plan: JobPlan, rows: int) -> str:
+    """Under secagg a site's FedAvg weight (its training rows) is divided by the public weightBound
+    and capped at it: a larger site would silently count as a smaller one."""
+    sa = plan.job.spec.secure_aggregation
+    if sa.mode != "secagg":
+        return ""
+    from fedsec.aggregation.registry import secagg_config
+
+    bound = secagg_config(sa).weight_bound
+    if rows <= bound:
+        return ""
+    return (f"{rows} training rows, above the weight bound {bound:g}: the site's weight would be capped at the "
+            f"bound and its rows undercounted; set spec.secureAggregation.weightBound to at least {rows}")
+
+
 def check(plan: JobPlan, sources: Mapping[str, str] | None = None) -> Preflight:
     """Read every admitted site's data and the holdout as the runtime will; calibrate privacy."""
     src = sources or {}
@@ -87,6 +102,10 @@ def check(plan: JobPlan, sources: Mapping[str, str] | None = None) -> Preflight:
                 seen[same] = [site.metadata.name]
                 failed.append((same, site))
             continue
+        capped = _weight_capped(plan, len(train))
+        if capped:
+            out.errors.append(FieldError("spec.secureAggregation.weightBound", f"at {site.metadata.name}: {capped}",
+                                         source=_where(job.ref, src), obj=job.ref))
         schedule = None
         p, t = job.spec.privacy, job.spec.task
         if p.mechanism != "none" and p.target_epsilon is not None:

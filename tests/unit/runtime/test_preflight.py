@@ -96,3 +96,15 @@ def test_a_file_site_is_read_as_the_client_reads_it(tmp_path: Path) -> None:
     found = check(job, sites)
     assert any("FederatedClient/hospital-01" in str(e) and "2 feature columns but spec.model.inputDim is 30" in str(e)
                for e in found.errors), [str(e) for e in found.errors]
+
+
+def test_a_site_above_the_weight_bound_is_refused_not_silently_capped() -> None:
+    job, sites = load("breast-cancer")
+    job["spec"]["secureAggregation"]["weightBound"] = 20  # hospitals train on ~8-80 rows
+    found = check(job, sites)
+    capped = [str(e) for e in found.errors if "spec.secureAggregation.weightBound" in str(e)]
+    assert capped and all("above the weight bound 20" in e for e in capped), [str(e) for e in found.errors]
+    big = max(found.sites.values(), key=lambda f: f.rows).rows
+    assert any(f"at least {big}" in e for e in capped)
+    job["spec"]["secureAggregation"]["weightBound"] = big
+    assert check(job, sites).errors == []
